@@ -1,0 +1,209 @@
+"""The trainer interface and the trainer registry.
+
+A trainer runs one trial: it reads its settings (the ``trainer`` section of the sweep
+file) once, is given the trial's parameters and a :class:`TrialContext`, trains, and
+reports each epoch's metrics through ``ctx.report``. The orchestrator never looks inside.
+
+Built-in trainers are chosen by name from :data:`BUILTIN_TRAINERS`; a team plugs in its
+own model family with an import path, ``my_pkg.module:MyTrainer``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from orchestrator.errors import ConfigError
+
+#: Built-in trainers by name. Values are import paths so that naming one imports only it.
+BUILTIN_TRAINERS: dict[str, str] = {
+    "text-classification": "trainers.text_classification:TextClassificationTrainer",
+    "noop": "trainers.noop:NoopTrainer",
+}
+
+
+class TrialPruned(Exception):  # noqa: N818 - the name Optuna users know
+    """Raised by :meth:`TrialContext.report` when the study decides to stop the trial."""
+
+
+class TrialDiverged(Exception):  # noqa: N818
+    """Raised by a trainer when the loss became NaN or infinite; the trial is pruned as ``diverged``."""
+
+
+class StrictModel(BaseModel):
+    """Base for settings and parameter models: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class EmptySettings(StrictModel):
+    """Settings of a trainer that takes none."""
+
+
+@dataclass
+class TrialContext:
+    """What a trainer is given for one trial.
+
+    Attributes:
+        trial_number: the Optuna trial number.
+        params: every parameter of the trial, fixed and sampled, validated by the trainer's
+            ``Params`` model.
+        device: ``"cuda"`` when the trial was given a GPU (already pinned through
+            ``CUDA_VISIBLE_DEVICES``), else ``"cpu"``.
+        reporter: called with ``(epoch, metrics)``; returns True when the trial should stop.
+        checkpoint_dir: a folder of this trial's own, or None when checkpoints are off.
+        n_threads: how many CPU threads this trial may use.
+        metric: the study's metric (early stopping watches it), e.g. ``val_f1``.
+        direction: ``"maximize"`` or ``"minimize"``: which way ``metric`` improves.
+        logger: where :meth:`log` sends a line (the worker's log).
+    """
+
+    trial_number: int
+    params: dict[str, Any]
+    device: str = "cpu"
+    reporter: Callable[[int, dict[str, float]], bool] | None = None
+    checkpoint_dir: Path | None = None
+    n_threads: int = 1
+    metric: str | None = None
+    direction: str = "maximize"
+    logger: Callable[[str], None] = field(default=lambda message: None)
+
+    def report(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        """Report one epoch's metrics (epochs count from 1).
+
+        Raises:
+            TrialPruned: when the study (pruner) says this trial should stop.
+        """
+        values = {key: float(value) for key, value in metrics.items()}
+        if self.reporter is not None and self.reporter(epoch, values):
+            raise TrialPruned(f"pruned after epoch {epoch}")
+
+    def save_checkpoint(self, state: Mapping[str, Any]) -> None:
+        """Save the trial's state atomically; a later run of the same trial gets it back."""
+        if self.checkpoint_dir is None:
+            return
+        from trainers.checkpoint import save_checkpoint
+
+        save_checkpoint(self.checkpoint_dir, state)
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        """The state last saved for this trial, or None when there is none."""
+        if self.checkpoint_dir is None:
+            return None
+        from trainers.checkpoint import load_checkpoint
+
+        return load_checkpoint(self.checkpoint_dir)
+
+    def log(self, message: str) -> None:
+        self.logger(message)
+
+
+class BaseTrainer(ABC):
+    """A family of models ftsweep can tune.
+
+    Subclasses set :attr:`name`, :attr:`Settings` (the keys of the sweep file's ``trainer``
+    section besides ``name`` and ``params``), :attr:`Params` (every parameter a search
+    space may name or the sweep may fix, with defaults) and :attr:`metric_names`.
+
+    A trainer object is built in the driver (to check the data and the model before any
+    trial starts) and again in each trial's process; keep ``__init__`` cheap.
+    """
+
+    name: ClassVar[str] = ""
+    Settings: ClassVar[type[StrictModel]] = EmptySettings
+    Params: ClassVar[type[StrictModel]] = StrictModel
+    #: The metrics every epoch reports; empty when the trainer cannot say in advance.
+    metric_names: ClassVar[tuple[str, ...]] = ()
+    #: Settings keys that are defaults for parameters of the same name (``trainer.epochs``).
+    settings_as_params: ClassVar[tuple[str, ...]] = ()
+    #: Modules a worker process imports once, before it forks trials.
+    preload_modules: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, settings: StrictModel, base_dir: Path) -> None:
+        """Args:
+        settings: the validated ``trainer`` section.
+        base_dir: the folder of the sweep file; relative paths resolve against it.
+        """
+        self.settings = settings
+        self.base_dir = Path(base_dir)
+
+    def check(self) -> None:
+        """Check, in the driver, that the data and the model can be used.
+
+        Raises:
+            orchestrator.errors.UserError: naming the file and the field at fault.
+        """
+
+    def symbols(self) -> dict[str, float]:
+        """Names a search space may use as a bound, e.g. ``num_layers`` for ``freeze_depth``."""
+        return {}
+
+    def fixed_params(self) -> dict[str, Any]:
+        """Parameter values the settings fix (``trainer.epochs`` is the parameter ``epochs``)."""
+        values = self.settings.model_dump()
+        return {key: values[key] for key in self.settings_as_params if values.get(key) is not None}
+
+    def max_epochs(self, params: Mapping[str, Any]) -> int | None:
+        """How many epochs a trial with these parameters reports at most (pruners use it)."""
+        value = params.get("epochs")
+        return int(value) if value is not None else None
+
+    @abstractmethod
+    def run(self, ctx: TrialContext) -> dict[str, float]:
+        """Train one trial, calling ``ctx.report`` after every epoch.
+
+        Returns:
+            the metrics of the trial's best epoch (``best_epoch`` among them).
+
+        Raises:
+            TrialPruned: from ``ctx.report``; let it through.
+            TrialDiverged: when the loss is not finite.
+        """
+
+
+def registered_trainers() -> list[str]:
+    """The names of the built-in trainers."""
+    return sorted(BUILTIN_TRAINERS)
+
+
+def load_trainer_class(spec: str) -> type[BaseTrainer]:
+    """The trainer class named by ``spec``: a built-in name or ``package.module:Class``.
+
+    Raises:
+        ConfigError: for ``trainer.name`` when the name is unknown or the import fails.
+    """
+    path = BUILTIN_TRAINERS.get(spec)
+    if path is None:
+        if ":" not in spec:
+            raise ConfigError(
+                f"trainer.name: unknown trainer {spec!r}; allowed: {', '.join(registered_trainers())}, "
+                "or your own class as 'package.module:ClassName'"
+            )
+        path = spec
+    module_name, _, class_name = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ConfigError(
+            f"trainer.name: cannot import module {module_name!r} for trainer {spec!r} ({error}); "
+            "is its package installed or on PYTHONPATH?"
+        ) from error
+    cls = getattr(module, class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, BaseTrainer)):
+        raise ConfigError(
+            f"trainer.name: {path!r} is not a subclass of trainers.base.BaseTrainer; "
+            "a trainer is a class deriving from it"
+        )
+    return cls
+
+
+def is_finite(value: float) -> bool:
+    """True unless ``value`` is NaN or infinite."""
+    return math.isfinite(value)
