@@ -1,47 +1,62 @@
 """Save and load a trial's state atomically.
 
-A checkpoint is one file, ``state.pt``, in the trial's checkpoint folder. It is written to a
-temporary file in the same folder, flushed to disk, then renamed over the old one, so a
-process killed at any moment leaves either the previous checkpoint or the new one, never a
-torn file.
+A checkpoint is one file in the trial's checkpoint folder: ``state.pt`` (``torch.save``)
+when torch is loaded, else ``state.pkl`` (pickle), so a trainer that never imports torch
+does not pay for importing it. The file is written to a temporary name in the same
+folder, flushed to disk, then renamed over the old one, so a process killed at any moment
+leaves either the previous checkpoint or the new one, never a torn file.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
+import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-CHECKPOINT_FILE = "state.pt"
+TORCH_FILE = "state.pt"
+PICKLE_FILE = "state.pkl"
 
 
 def save_checkpoint(folder: Path, state: Mapping[str, Any]) -> Path:
-    """Write ``state`` to ``folder/state.pt`` atomically and return the file's path."""
-    import torch
-
+    """Write ``state`` to the folder atomically and return the file's path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / CHECKPOINT_FILE
+    torch = sys.modules.get("torch")
+    target = folder / (TORCH_FILE if torch is not None else PICKLE_FILE)
     handle, temporary = tempfile.mkstemp(prefix=".state-", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(handle, "wb") as stream:
-            torch.save(dict(state), stream)
+            if torch is not None:
+                torch.save(dict(state), stream)
+            else:
+                pickle.dump(dict(state), stream, protocol=pickle.HIGHEST_PROTOCOL)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    stale = folder / (PICKLE_FILE if target.name == TORCH_FILE else TORCH_FILE)
+    stale.unlink(missing_ok=True)
     return target
 
 
 def load_checkpoint(folder: Path) -> dict[str, Any] | None:
     """The state saved in ``folder``, or None when there is none."""
-    import torch
+    folder = Path(folder)
+    if (folder / TORCH_FILE).exists():
+        import torch
 
-    target = Path(folder) / CHECKPOINT_FILE
-    if not target.exists():
-        return None
-    return torch.load(target, map_location="cpu", weights_only=False)
+        return torch.load(folder / TORCH_FILE, map_location="cpu", weights_only=False)
+    if (folder / PICKLE_FILE).exists():
+        with open(folder / PICKLE_FILE, "rb") as stream:
+            return pickle.load(stream)
+    return None
+
+
+def checkpoint_exists(folder: Path) -> bool:
+    return (Path(folder) / TORCH_FILE).exists() or (Path(folder) / PICKLE_FILE).exists()

@@ -1,0 +1,146 @@
+"""The worker side of one trial: runs in a fresh process, talks to the driver over a pipe.
+
+Messages to the driver: ``("report", epoch, metrics)`` (answered with ``"continue"``,
+``"prune"`` or ``"stop"``), then exactly one of ``("complete", metrics)``,
+``("pruned", reason)``, ``("interrupted", reason)`` or ``("failed", reason, traceback)``.
+The process never touches the study's storage: the driver owns it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import traceback
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+CONTINUE, PRUNE, STOP = "continue", "prune", "stop"
+
+
+class TrialInterrupted(Exception):  # noqa: N818
+    """The driver asked the trial to stop after its checkpoint (Ctrl-C, SIGTERM); it will be re-run."""
+
+
+class DriverGone(Exception):  # noqa: N818
+    """The driver's end of the pipe closed: the driver died. The checkpoint is on disk; exit."""
+
+
+@dataclass
+class TrialJob:
+    """Everything a trial process needs, picklable."""
+
+    trial_number: int
+    trainer_name: str
+    settings: dict[str, Any]
+    base_dir: str
+    params: dict[str, Any]
+    environment: dict[str, str]
+    device: str
+    n_threads: int
+    metric: str
+    direction: str
+    checkpoint_dir: str | None
+    log_path: str | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def trial_main(conn: Connection, job: TrialJob) -> None:
+    """Entry point of a trial process."""
+    # Ctrl-C reaches every process of the terminal's group; the driver alone decides what it means.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stop_requested = False
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    os.environ.update(job.environment)
+    _redirect_output(job.log_path)
+
+    def reporter(epoch: int, metrics: dict[str, float]) -> bool:
+        try:
+            conn.send(("report", epoch, metrics))
+            answer = conn.recv()
+        except (EOFError, BrokenPipeError, ConnectionResetError) as error:
+            raise DriverGone("the driver is gone") from error
+        if answer == STOP or stop_requested:
+            raise TrialInterrupted(f"stopped after epoch {epoch}; checkpoint saved")
+        return answer == PRUNE
+
+    try:
+        message = run_job(job, reporter)
+    except DriverGone:
+        os._exit(3)
+    try:
+        conn.send(message)
+    except (BrokenPipeError, ConnectionResetError, EOFError):
+        os._exit(3)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
+def run_job(job: TrialJob, reporter: Any) -> tuple[Any, ...]:
+    """Run the trial and return the final message for the driver."""
+    from trainers.base import TrialContext, TrialDiverged, TrialPruned, load_trainer_class
+
+    try:
+        _limit_threads(job.n_threads)
+        trainer_cls = load_trainer_class(job.trainer_name)
+        settings = trainer_cls.Settings.model_validate(job.settings)
+        trainer = trainer_cls(settings, Path(job.base_dir))
+        params = trainer_cls.Params.model_validate(job.params).model_dump()
+        context = TrialContext(
+            trial_number=job.trial_number,
+            params=params,
+            device=job.device,
+            reporter=reporter,
+            checkpoint_dir=Path(job.checkpoint_dir) if job.checkpoint_dir else None,
+            n_threads=job.n_threads,
+            metric=job.metric,
+            direction=job.direction,
+            logger=lambda line: print(line, flush=True),
+        )
+        print(f"trial {job.trial_number} on {job.device}: {params}", flush=True)
+        result = trainer.run(context)
+        return ("complete", {key: float(value) for key, value in (result or {}).items()})
+    except TrialPruned as error:
+        return ("pruned", str(error) or "pruned")
+    except TrialDiverged as error:
+        reason = str(error) or "loss is not finite"
+        return ("pruned", reason if reason.startswith("diverged") else f"diverged: {reason}")
+    except TrialInterrupted as error:
+        return ("interrupted", str(error))
+    except DriverGone:
+        raise
+    except BaseException as error:  # noqa: BLE001 - one trial's failure must never reach the study
+        text = traceback.format_exc()
+        print(text, file=sys.stderr, flush=True)
+        reason = f"{type(error).__name__}: {error}".strip().splitlines()[0][:500]
+        return ("failed", reason, text)
+
+
+def _limit_threads(n_threads: int) -> None:
+    """Torch imported before the fork (by the fork server) ignores OMP_NUM_THREADS: set it here.
+
+    A trainer that does not use torch does not pay for importing it.
+    """
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(max(1, n_threads))
+
+
+def _redirect_output(log_path: str | None) -> None:
+    """Trial output goes to its own log file, so the driver's progress display stays readable."""
+    if not log_path:
+        return
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    stream = open(log_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - lives as long as the process
+    os.dup2(stream.fileno(), 1)
+    os.dup2(stream.fileno(), 2)
+    sys.stdout = stream
+    sys.stderr = stream

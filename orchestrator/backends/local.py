@@ -1,0 +1,259 @@
+"""The local backend: worker processes on this machine, one per slot, one fresh process per trial.
+
+Each trial runs in a fresh process, so GPU memory a trial leaks never reaches the next one
+(transformers#13019). The processes fork from a fork server that has already imported
+torch, transformers and the trainer, so a trial starts in milliseconds, not seconds. The
+driver process alone touches the study's storage: trial processes send their reports over
+a pipe and the driver records them (ask / report / should_prune / tell), which makes a
+SQLite file safe by construction.
+
+Ctrl-C (or SIGTERM) once: no new trials; running ones finish their epoch, checkpoint and
+stop. Twice: running trials are killed at once. Either way ``ftsweep resume`` continues.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import signal
+import sys
+import types
+from collections.abc import Iterator
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+from orchestrator.backends._trial_process import CONTINUE, PRUNE, STOP, TrialJob, trial_main
+from orchestrator.devices import Slot
+from orchestrator.session import StudySession, TrialHandle
+
+_CONTEXT_CACHE: dict[tuple[str, ...], Any] = {}
+
+
+def process_context(preload: tuple[str, ...]) -> Any:
+    """A multiprocessing context whose fork server has imported ``preload``.
+
+    On platforms without a fork server (Windows, macOS defaults aside) this is ``spawn``.
+    """
+    if preload in _CONTEXT_CACHE:
+        return _CONTEXT_CACHE[preload]
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["orchestrator.backends._trial_process", *preload])
+    else:
+        context = multiprocessing.get_context("spawn")
+    _CONTEXT_CACHE[preload] = context
+    return context
+
+
+@dataclass
+class _Running:
+    handle: TrialHandle
+    process: Any
+    conn: Connection
+    slot: Slot
+    stop_sent: bool = False
+
+
+class LocalBackend:
+    """Runs a study's trials in processes on this machine.
+
+    Args:
+        slots: where workers run (:func:`orchestrator.devices.plan_slots`).
+        log_dir: where each trial's output goes (``trial-N.log``).
+    """
+
+    name = "local"
+
+    def __init__(self, slots: list[Slot], log_dir: Path | None = None) -> None:
+        self.slots = slots
+        self.log_dir = log_dir
+        self._interrupts = 0
+
+    def run(self, session: StudySession) -> None:
+        """Run trials until the budget, the timeout or a stop ends the session."""
+        plan = session.plan
+        context = process_context(tuple(plan.trainer_cls.preload_modules) + _user_module(plan.sweep.trainer.name))
+        free = list(self.slots)
+        running: dict[Connection, _Running] = {}
+        previous = self._install_signal_handlers(session)
+        session.progress.start()
+        try:
+            while True:
+                while free and session.can_start():
+                    slot = free.pop(0)
+                    entry = self._launch(context, session, slot)
+                    running[entry.conn] = entry
+                if not running:
+                    break
+                if self._interrupts >= 2:
+                    self._kill_all(session, running, free)
+                    continue
+                waitables: list[Any] = list(running)
+                waitables += [entry.process.sentinel for entry in running.values()]
+                ready = wait(waitables, timeout=0.5)
+                for item in ready:
+                    entry = running.get(item) if isinstance(item, Connection) else None
+                    if entry is None:
+                        entry = next((e for e in running.values() if e.process.sentinel == item), None)
+                    if entry is None or entry.conn not in running:
+                        continue
+                    if self._handle(session, entry):
+                        del running[entry.conn]
+                        free.append(entry.slot)
+                        free.sort(key=lambda s: s.index)
+                session.progress.refresh()
+        finally:
+            session.progress.stop()
+            self._restore_signal_handlers(previous)
+            for entry in running.values():
+                if entry.process.is_alive():
+                    entry.process.kill()
+
+    # -- processes --
+    def _launch(self, context: Any, session: StudySession, slot: Slot) -> _Running:
+        handle = session.ask(slot.label)
+        sweep = session.plan.sweep
+        job = TrialJob(
+            trial_number=handle.number,
+            trainer_name=sweep.trainer.name,
+            settings=sweep.trainer_settings(),
+            base_dir=str(sweep.base_dir),
+            params=handle.params,
+            environment=slot.environment(),
+            device=slot.device,
+            n_threads=slot.n_threads,
+            metric=sweep.study.metric,
+            direction=sweep.study.direction,
+            checkpoint_dir=str(handle.checkpoint_dir) if handle.checkpoint_dir else None,
+            log_path=str(self.log_dir / f"trial-{handle.number}.log") if self.log_dir else None,
+        )
+        parent_end, child_end = context.Pipe(duplex=True)
+        process = context.Process(target=trial_main, args=(child_end, job), name=f"ftsweep-trial-{handle.number}")
+        with _main_module_hidden():
+            process.start()
+        child_end.close()
+        return _Running(handle, process, parent_end, slot)
+
+    def _handle(self, session: StudySession, entry: _Running) -> bool:
+        """Process what the trial sent; True when the trial is over."""
+        while True:
+            try:
+                if not entry.conn.poll():
+                    break
+                message = entry.conn.recv()
+            except (EOFError, OSError):
+                break
+            kind = message[0]
+            if kind == "report":
+                _, epoch, metrics = message
+                prune = session.report(entry.handle, epoch, metrics)
+                answer = PRUNE if prune else (STOP if session.stop_reason and self._interrupts else CONTINUE)
+                entry.stop_sent = entry.stop_sent or answer == STOP
+                try:
+                    entry.conn.send(answer)
+                except (BrokenPipeError, OSError):
+                    pass
+                continue
+            self._finish(session, entry, message)
+            return True
+        if entry.process.is_alive():
+            return False
+        entry.process.join(timeout=5)
+        code = entry.process.exitcode
+        if self._interrupts:
+            session.interrupt(entry.handle, f"the trial process was stopped (exit code {code})")
+        else:
+            reason = _death_reason(code)
+            session.fail(entry.handle, reason, f"{reason}\nSee the trial's log: {self.log_dir}/trial-{entry.handle.number}.log")
+        entry.conn.close()
+        return True
+
+    def _finish(self, session: StudySession, entry: _Running, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        handle = entry.handle
+        if kind == "complete":
+            session.complete(handle, message[1])
+        elif kind == "pruned":
+            session.prune(handle, message[1])
+        elif kind == "interrupted":
+            session.interrupt(handle, message[1])
+        else:
+            session.fail(handle, message[1], message[2] if len(message) > 2 else None)
+        entry.process.join(timeout=30)
+        if entry.process.is_alive():
+            entry.process.kill()
+        entry.conn.close()
+
+    def _kill_all(self, session: StudySession, running: dict[Connection, _Running], free: list[Slot]) -> None:
+        for entry in list(running.values()):
+            if entry.process.is_alive():
+                entry.process.kill()
+            entry.process.join(timeout=10)
+            session.interrupt(entry.handle, "killed by a second Ctrl-C")
+            entry.conn.close()
+            free.append(entry.slot)
+        running.clear()
+
+    # -- signals --
+    def _install_signal_handlers(self, session: StudySession) -> dict[int, Any]:
+        def on_signal(signum: int, frame: Any) -> None:
+            self._interrupts += 1
+            name = signal.Signals(signum).name
+            if self._interrupts == 1:
+                session.request_stop(f"stopped by {name}")
+                session.progress.say(
+                    f"{name}: starting no new trials; running trials stop after their current epoch "
+                    "and checkpoint. Press Ctrl-C again to stop at once."
+                )
+            else:
+                session.progress.say(f"{name} again: stopping running trials now")
+
+        previous = {}
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous[signum] = signal.signal(signum, on_signal)
+            except ValueError:  # not the main thread: signals stay with the caller
+                pass
+        return previous
+
+    @staticmethod
+    def _restore_signal_handlers(previous: dict[int, Any]) -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """Start a process without making it re-import the driver's ``__main__``.
+
+    multiprocessing re-runs the parent's main module in every child it starts (to find
+    functions defined there). A trial needs nothing from it, and re-importing pytest's or a
+    user's script for every trial costs time and can run their top-level code.
+    """
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
+
+
+def _death_reason(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = " (out of memory?)" if -code == signal.SIGKILL else ""
+        return f"the trial process was killed by {name}{hint}"
+    return f"the trial process exited with code {code} without a result"
+
+
+def _user_module(trainer_name: str) -> tuple[str, ...]:
+    """A user's trainer module is preloaded in the fork server too."""
+    if ":" in trainer_name:
+        return (trainer_name.partition(":")[0],)
+    return ()
+

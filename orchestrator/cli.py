@@ -1,0 +1,255 @@
+"""The ``ftsweep`` command: one function per verb, one error boundary.
+
+Exit codes: 0 done; 2 a user's mistake (one line on stderr, no traceback); 1 a bug (the
+traceback goes to a log file whose path is printed); 130 interrupted before any trial.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+import tempfile
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from orchestrator.errors import UserError
+
+EXIT_OK, EXIT_BUG, EXIT_USER, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _workers(text: str) -> int | str:
+    return "auto" if text == "auto" else _positive_int(text)
+
+
+def _duration(text: str) -> float:
+    from orchestrator.config import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _add_storage(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--storage",
+        help="SQLAlchemy URL of the study's storage (default: $FTSWEEP_STORAGE, else sqlite:///ftsweep.db)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ftsweep",
+        description="Hyperparameter sweeps for fine-tuning: Optuna studies in a SQL store, "
+        "parallel trials on every GPU, MLflow tracking, resumable.",
+    )
+    parser.add_argument("--version", action="version", version=f"ftsweep {_version()}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    run = verbs.add_parser("run", help="create a study from a sweep file and run it")
+    run.add_argument("sweep_file", help="the sweep file (YAML)")
+    run.add_argument("--n-trials", type=_positive_int, help="finished trials to run (overrides study.n_trials)")
+    run.add_argument("--workers", type=_workers, help="trials at once: a number or auto (overrides execution.workers)")
+    run.add_argument("--timeout", type=_duration, help="stop starting trials after this long: 90s, 30m, 2h")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a key of the sweep file, e.g. --set trainer.epochs=2 (repeatable)")
+    run.add_argument("--storage", help="storage URL (overrides study.storage)")
+    run.set_defaults(handler=cmd_run)
+
+    resume = verbs.add_parser("resume", help="continue an interrupted study to its budget")
+    resume.add_argument("study_name")
+    _add_storage(resume)
+    resume.add_argument("--n-trials", type=_positive_int, help="a new total budget of finished trials")
+    resume.add_argument("--workers", type=_workers)
+    resume.add_argument("--timeout", type=_duration)
+    resume.set_defaults(handler=cmd_resume)
+
+    status = verbs.add_parser("status", help="the study's trials: number, state, params, value, epochs, duration")
+    status.add_argument("study_name")
+    _add_storage(status)
+    status.add_argument("--last", type=_positive_int, help="show only the last N trials")
+    status.add_argument("--format", choices=("table", "json"), default="table")
+    status.set_defaults(handler=cmd_status)
+
+    best = verbs.add_parser("best", help="the best trial's parameters and value")
+    best.add_argument("study_name")
+    _add_storage(best)
+    best.add_argument("--format", choices=("table", "yaml", "json"), default="table")
+    best.set_defaults(handler=cmd_best)
+
+    ui = verbs.add_parser("ui", help="start the MLflow UI on the sweep's tracking store")
+    ui.add_argument("study_name", nargs="?", help="read the tracking URI from this study (else $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    _add_storage(ui)
+    ui.add_argument("--tracking-uri", help="the MLflow tracking URI to show")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=_positive_int, default=5000)
+    ui.set_defaults(handler=cmd_ui)
+    return parser
+
+
+# -- verbs --
+def cmd_run(args: argparse.Namespace) -> int:
+    from orchestrator.config import load_sweep
+
+    overrides = list(args.overrides)
+    if args.storage:
+        overrides.append(f"study.storage={args.storage}")
+    sweep = load_sweep(args.sweep_file, overrides)
+    from orchestrator.runner import run_sweep
+
+    outcome = run_sweep(sweep, n_trials=args.n_trials, workers=args.workers, timeout=args.timeout)
+    return _finish(outcome)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from orchestrator.runner import resume_study
+
+    outcome = resume_study(args.study_name, args.storage, n_trials=args.n_trials, workers=args.workers, timeout=args.timeout)
+    return _finish(outcome)
+
+
+def _finish(outcome: object) -> int:
+    from orchestrator.runner import RunOutcome
+
+    assert isinstance(outcome, RunOutcome)
+    result = outcome.result
+    stream = sys.stderr
+    for error in outcome.tracking_errors[:5]:
+        print(f"warning: {error}", file=stream)
+    print(
+        f"study {outcome.study_name!r}: {outcome.n_counted}/{outcome.n_trials} trials finished "
+        f"(this run: {result.complete} complete, {result.pruned} pruned, {result.failed} failed"
+        + (f", {result.interrupted} interrupted" if result.interrupted else "")
+        + ")",
+        file=stream,
+    )
+    if result.best_trial is not None:
+        print(f"best trial {result.best_trial}: {result.best_value:.6g}", file=stream)
+        print(f"see it with: ftsweep best {outcome.study_name}" + _storage_flag(outcome.storage_url), file=stream)
+    if result.stopped_by and outcome.n_counted < outcome.n_trials:
+        print(f"stopped: {result.stopped_by}", file=stream)
+        print(f"continue with: ftsweep resume {outcome.study_name}" + _storage_flag(outcome.storage_url), file=stream)
+        if result.stopped_by.startswith("stopped by"):
+            return EXIT_INTERRUPTED
+        return EXIT_BUG if "max_failures" in result.stopped_by else EXIT_OK
+    return EXIT_OK
+
+
+def _storage_flag(url: str) -> str:
+    from orchestrator.config import resolve_storage_url
+
+    return "" if url == resolve_storage_url(None) else f" --storage {url}"
+
+
+def _open(args: argparse.Namespace):  # noqa: ANN202
+    from orchestrator.config import resolve_storage_url
+    from orchestrator.study import load_study, open_storage
+
+    storage = open_storage(resolve_storage_url(args.storage))
+    return load_study(args.study_name, storage)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    study = _open(args)
+    if args.format == "json":
+        import json
+
+        from orchestrator.report import trial_rows
+
+        trials = study.get_trials(deepcopy=False)
+        rows = trial_rows(trials[-args.last:] if args.last else trials)
+        print(json.dumps(rows, indent=2, default=str))
+        return EXIT_OK
+    from rich.console import Console
+
+    from orchestrator.report import render_status
+
+    Console(highlight=False, soft_wrap=False).print(render_status(study, limit=args.last))
+    return EXIT_OK
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    from orchestrator.report import best_summary, format_best
+
+    summary = best_summary(_open(args))
+    assert summary is not None
+    print(format_best(summary, args.format))
+    return EXIT_OK
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    import shutil
+    import subprocess
+
+    from orchestrator.config import resolve_tracking_uri
+
+    uri = args.tracking_uri
+    if uri is None and args.study_name:
+        from orchestrator.study import stored_sweep
+
+        uri = stored_sweep(_open(args)).tracking_uri
+    uri = resolve_tracking_uri(uri)
+    mlflow = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
+    if not Path(mlflow).exists():
+        raise UserError("the MLflow UI needs the full mlflow package: pip install mlflow")
+    command = [mlflow, "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    print(f"MLflow UI: http://{args.host}:{args.port}  (tracking store {uri}; Ctrl-C stops it)", flush=True)
+    try:
+        return subprocess.call(command)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+# -- the error boundary --
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except UserError as error:
+        print(f"ftsweep: error: {error}", file=sys.stderr)
+        return EXIT_USER
+    except KeyboardInterrupt:
+        print("ftsweep: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception:  # noqa: BLE001 - the one place a bug becomes a message and a log file
+        path = _write_crash_log(argv)
+        print(f"ftsweep: internal error: {sys.exc_info()[1]!r}", file=sys.stderr)
+        print(f"ftsweep: the traceback is in {path}; please include it in a bug report", file=sys.stderr)
+        return EXIT_BUG
+
+
+def _write_crash_log(argv: Sequence[str] | None) -> Path:
+    folder = Path(os.environ.get("FTSWEEP_LOG_DIR") or Path(tempfile.gettempdir()) / "ftsweep")
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = folder / f"crash-{stamp}-{os.getpid()}.log"
+    command = " ".join(argv if argv is not None else sys.argv)
+    path.write_text(f"ftsweep {_version()}\ncommand: {command}\n\n{traceback.format_exc()}", encoding="utf-8")
+    return path
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("ftsweep")
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,338 @@
+"""The sweep file: typed models, one loader, ``--set a.b=value`` overrides.
+
+Every problem in a sweep file is collected into one :class:`~orchestrator.errors.ConfigError`
+whose lines name the file, the key path, the value received and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from orchestrator.errors import ConfigError
+
+DEFAULT_STORAGE = "sqlite:///ftsweep.db"
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+STORAGE_ENV = "FTSWEEP_STORAGE"
+TRACKING_ENV = "MLFLOW_TRACKING_URI"
+
+SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp", "qmc")
+PRUNERS = ("none", "median", "successive_halving", "hyperband", "asha")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class SamplerConfig(BaseModel):
+    """``study.sampler``: the Optuna sampler by name; other keys go to its constructor."""
+
+    model_config = ConfigDict(extra="allow")
+    name: Literal["tpe", "random", "grid", "cmaes", "gp", "qmc"] = "tpe"
+    seed: int | None = Field(None, description="Seed of the sampler; same seed, same proposals.")
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class PrunerConfig(BaseModel):
+    """``study.pruner``: the Optuna pruner by name; other keys go to its constructor."""
+
+    model_config = ConfigDict(extra="allow")
+    name: Literal["none", "median", "successive_halving", "hyperband", "asha"] = "median"
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class StudyConfig(_Strict):
+    name: str = Field(min_length=1, max_length=200, description="The study's name in the storage.")
+    storage: str | None = Field(None, description=f"SQLAlchemy URL; default ${STORAGE_ENV} or {DEFAULT_STORAGE}.")
+    metric: str = Field("val_f1", description="The metric the study optimizes; any metric the trainer reports.")
+    direction: Literal["maximize", "minimize"] = "maximize"
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    pruner: PrunerConfig = Field(default_factory=PrunerConfig)
+    n_trials: int = Field(20, ge=1, description="Finished trials the study runs, across all workers.")
+    timeout: float | None = Field(None, gt=0, description="Stop starting trials after this long: 90s, 30m, 2h.")
+    max_failures: int | None = Field(None, ge=1, description="Stop the study after this many failed trials.")
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _parse_timeout(cls, value: Any) -> Any:
+        return None if value is None else parse_duration(value)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_printable(cls, value: str) -> str:
+        if value.strip() != value or any(ch in value for ch in "\n\r\t"):
+            raise ValueError("must not start or end with spaces or hold line breaks")
+        return value
+
+
+class TrainerConfig(BaseModel):
+    """``trainer``: ``name`` and ``params`` here; every other key belongs to the trainer's own settings."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = "text-classification"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class ExecutionConfig(_Strict):
+    backend: Literal["local", "ray"] = "local"
+    workers: int | Literal["auto"] = Field("auto", description="Trials at once; auto = one per GPU slot, 1 on CPU.")
+    gpus_per_trial: float = Field(1.0, ge=0, description="0.5 packs two trials on a GPU; 0 runs on the CPU.")
+    cpus_per_trial: float | None = Field(None, gt=0, description="CPU threads (local) or CPUs (Ray) per trial.")
+    checkpoint_dir: str | None = Field(None, description="Folder for trial checkpoints; default next to the SQL file.")
+    keep_best_checkpoint: bool = Field(True, description="Keep the best trial's checkpoint and log it to MLflow.")
+    ray_address: str | None = Field(None, description="An existing Ray cluster ('auto'); omitted: a local Ray.")
+    max_concurrent_trials: int | None = Field(None, ge=1)
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: Any) -> Any:
+        if isinstance(value, str) and value != "auto":
+            if value.isdigit():
+                return int(value)
+            raise ValueError("must be 'auto' or a whole number of at least 1")
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be 'auto' or a whole number of at least 1")
+        return value
+
+
+class TrackingConfig(_Strict):
+    mlflow_uri: str | None = Field(None, description=f"Default ${TRACKING_ENV} or {DEFAULT_TRACKING_URI}.")
+    experiment: str | None = Field(None, description="MLflow experiment; default the study name.")
+    enabled: bool = True
+
+
+class SweepModel(_Strict):
+    study: StudyConfig
+    trainer: TrainerConfig
+    search_space: str | dict[str, Any] = "regularization"
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+
+@dataclass
+class Sweep:
+    """A validated sweep file.
+
+    Attributes:
+        model: the validated sections.
+        raw: the mapping as read (after overrides); stored with the study.
+        base_dir: the sweep file's folder: data, model and search-space paths resolve against it.
+        source: the file name used in messages.
+    """
+
+    model: SweepModel
+    raw: dict[str, Any]
+    base_dir: Path
+    source: str
+
+    @property
+    def study(self) -> StudyConfig:
+        return self.model.study
+
+    @property
+    def trainer(self) -> TrainerConfig:
+        return self.model.trainer
+
+    @property
+    def execution(self) -> ExecutionConfig:
+        return self.model.execution
+
+    @property
+    def tracking(self) -> TrackingConfig:
+        return self.model.tracking
+
+    @property
+    def storage_url(self) -> str:
+        return resolve_storage_url(self.study.storage)
+
+    @property
+    def tracking_uri(self) -> str:
+        return resolve_tracking_uri(self.tracking.mlflow_uri)
+
+    @property
+    def experiment_name(self) -> str:
+        return self.tracking.experiment or self.study.name
+
+    def trainer_settings(self) -> dict[str, Any]:
+        """The ``trainer`` section less ``name`` and ``params``: the trainer's own settings."""
+        return {k: v for k, v in self.raw.get("trainer", {}).items() if k not in ("name", "params")}
+
+    def to_stored(self) -> dict[str, Any]:
+        """What the study keeps of this sweep so that resume needs only the study's name."""
+        return {"sweep": self.raw, "base_dir": str(self.base_dir), "source": self.source}
+
+
+def resolve_storage_url(explicit: str | None) -> str:
+    """The storage URL: the given one, else ``$FTSWEEP_STORAGE``, else ``sqlite:///ftsweep.db``."""
+    return explicit or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
+
+
+def resolve_tracking_uri(explicit: str | None) -> str:
+    """The MLflow tracking URI: the given one, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``."""
+    return explicit or os.environ.get(TRACKING_ENV) or DEFAULT_TRACKING_URI
+
+
+def absolute_sqlite_url(url: str) -> str:
+    """``sqlite:///relative.db`` made absolute against the working directory; other URLs unchanged."""
+    match = re.match(r"^(sqlite(?:\+\w+)?):///(?!/)(.+)$", url)
+    if not match or match.group(2).startswith(":memory:"):
+        return url
+    return f"{match.group(1)}:///{Path(match.group(2)).resolve()}"
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a ``sqlite:///`` URL, or None for any other URL."""
+    match = re.match(r"^sqlite(?:\+\w+)?:///(.+)$", url)
+    if not match or match.group(1).startswith(":memory:"):
+        return None
+    return Path(match.group(1))
+
+
+_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*d)?\s*(?:(\d+(?:\.\d+)?)\s*h)?\s*(?:(\d+(?:\.\d+)?)\s*m)?\s*(?:(\d+(?:\.\d+)?)\s*s)?\s*$")
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from ``90``, ``"90s"``, ``"30m"``, ``"2h"``, ``"1h30m"`` or ``"1d"``."""
+    if isinstance(value, bool):
+        raise ValueError("must be a duration such as 90s, 30m, 2h or a number of seconds")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match and any(match.groups()):
+            days, hours, minutes, seconds = (float(group or 0) for group in match.groups())
+            return days * 86400 + hours * 3600 + minutes * 60 + seconds
+    raise ValueError(f"must be a duration such as 90s, 30m, 2h or a number of seconds, not {value!r}")
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str = "--set") -> dict[str, Any]:
+    """Apply ``a.b=value`` overrides (values read as YAML) to a copy of ``raw``."""
+    result = copy.deepcopy(raw)
+    problems = []
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        if not sep or not key.strip():
+            problems.append(f"--set {override!r}: expected key.path=value, e.g. trainer.epochs=2")
+            continue
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text
+        node = result
+        parts = key.strip().split(".")
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                problems.append(
+                    f"--set {key}: {'.'.join(parts[: depth + 1])} is {child!r}, not a mapping, so it has no key {parts[depth + 1]!r}"
+                )
+                break
+            node = child
+        else:
+            node[parts[-1]] = value
+    if problems:
+        raise ConfigError(problems, source=source)
+    return result
+
+
+def read_yaml_mapping(path: Path, what: str = "sweep file") -> dict[str, Any]:
+    """A YAML file that must hold a mapping; errors name the file and the line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"no such {what}: {path}") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read {what} {path}: {error}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise ConfigError(f"{where}invalid YAML: {problem}", source=str(path)) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"must be a YAML mapping of sections, not a {type(data).__name__}", source=str(path))
+    return data
+
+
+def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
+    """Read, override and validate a sweep file.
+
+    Raises:
+        ConfigError: with every problem found, each naming its key path.
+    """
+    path = Path(path)
+    raw = apply_overrides(read_yaml_mapping(path), overrides or [])
+    return validate_sweep(raw, base_dir=path.resolve().parent, source=str(path))
+
+
+def validate_sweep(raw: dict[str, Any], base_dir: Path, source: str) -> Sweep:
+    """Validate a sweep mapping (from a file or from a study's store)."""
+    try:
+        model = SweepModel.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(describe_validation_error(error, SweepModel), source=source) from None
+    return Sweep(model=model, raw=raw, base_dir=Path(base_dir), source=source)
+
+
+def describe_validation_error(error: ValidationError, root: type[BaseModel], prefix: str = "") -> list[str]:
+    """One line per pydantic problem: key path, what is wrong, what was received."""
+    lines = []
+    for item in error.errors():
+        location = [str(part) for part in item["loc"]]
+        if location and location[-1].startswith("function-"):
+            location = location[:-1]
+        path = prefix + ".".join(location) if location else prefix.rstrip(".") or "(top level)"
+        kind = item["type"]
+        if kind == "extra_forbidden":
+            allowed = allowed_keys(root, item["loc"][:-1])
+            hint = f"; allowed keys: {', '.join(allowed)}" if allowed else ""
+            lines.append(f"{path}: unknown key{hint}")
+        elif kind == "missing":
+            lines.append(f"{path}: required key is missing")
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+            received = item.get("input")
+            shown = "" if isinstance(received, dict | list) else f" (got {received!r})"
+            lines.append(f"{path}: {message}{shown}")
+    return lines
+
+
+def allowed_keys(model: type[BaseModel], location: tuple[Any, ...]) -> list[str]:
+    """The field names of the model found by following ``location`` from ``model``."""
+    current: Any = model
+    for part in location:
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        current = _model_class(field.annotation)
+        if current is None:
+            return []
+    return list(getattr(current, "model_fields", {}))
+
+
+def _model_class(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in getattr(annotation, "__args__", ()):
+        found = _model_class(argument)
+        if found is not None:
+            return found
+    return None

@@ -1,0 +1,131 @@
+"""From a validated sweep file to everything a backend needs to run trials.
+
+:func:`plan_sweep` builds the trainer, checks its data and model, loads and resolves the
+search space, and checks that the search space and the fixed parameters are ones the
+trainer takes, all before the first trial starts, so a mistake costs seconds, not a
+failed study.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from orchestrator.config import Sweep, describe_validation_error
+from orchestrator.errors import ConfigError
+from search_spaces import SearchSpace, load_search_space
+from trainers.base import BaseTrainer, load_trainer_class
+
+
+@dataclass
+class SweepPlan:
+    """A sweep ready to run.
+
+    Attributes:
+        sweep: the validated sweep file.
+        trainer_cls: the trainer class (built-in or the user's).
+        trainer: a trainer built in the driver (checked; cheap to keep).
+        space: the search space with symbols resolved and fixed parameters removed.
+        fixed_params: parameters the sweep file fixes (``trainer.params`` and settings such as ``epochs``).
+    """
+
+    sweep: Sweep
+    trainer_cls: type[BaseTrainer]
+    trainer: BaseTrainer
+    space: SearchSpace
+    fixed_params: dict[str, Any]
+
+    def trial_params(self, sampled: dict[str, Any]) -> dict[str, Any]:
+        """Every parameter of a trial: the fixed ones, overridden by the sampled ones."""
+        return {**self.fixed_params, **sampled}
+
+    @property
+    def max_epochs(self) -> int | None:
+        return self.trainer.max_epochs(self.fixed_params)
+
+
+def build_trainer(sweep: Sweep) -> tuple[type[BaseTrainer], BaseTrainer]:
+    """The trainer class and a trainer built from the sweep's ``trainer`` settings."""
+    trainer_cls = load_trainer_class(sweep.trainer.name)
+    try:
+        settings = trainer_cls.Settings.model_validate(sweep.trainer_settings())
+    except ValidationError as error:
+        raise ConfigError(
+            describe_validation_error(error, trainer_cls.Settings, prefix="trainer."), source=sweep.source
+        ) from None
+    return trainer_cls, trainer_cls(settings, sweep.base_dir)
+
+
+def plan_sweep(sweep: Sweep, check_data: bool = True) -> SweepPlan:
+    """Check a sweep end to end and return what a backend needs.
+
+    Args:
+        sweep: the validated sweep file.
+        check_data: also read the data and the model's config (``trainer.check()``).
+
+    Raises:
+        ConfigError, DataError, ModelError: one clear message naming the file and key.
+    """
+    trainer_cls, trainer = build_trainer(sweep)
+    if check_data:
+        trainer.check()
+    fixed = {**trainer.fixed_params(), **sweep.trainer.params}
+    problems = _check_params(trainer_cls, fixed)
+    if problems:
+        raise ConfigError(problems, source=sweep.source)
+
+    raw_space = sweep.raw.get("search_space", sweep.model.search_space)
+    space = load_search_space(raw_space, sweep.base_dir)
+    space = space.resolve(trainer.symbols() if _uses_symbols(space) else {})
+    space = space.without(set(fixed))
+    problems = _check_space(trainer_cls, space, fixed)
+    if trainer_cls.metric_names and sweep.study.metric not in trainer_cls.metric_names:
+        problems.append(
+            f"study.metric: {sweep.study.metric!r} is not a metric the trainer {trainer_cls.name!r} reports; "
+            f"allowed: {', '.join(trainer_cls.metric_names)}"
+        )
+    if problems:
+        raise ConfigError(problems, source=sweep.source)
+    return SweepPlan(sweep, trainer_cls, trainer, space, fixed)
+
+
+def _uses_symbols(space: SearchSpace) -> bool:
+    return any(isinstance(getattr(spec, bound), str) for spec in space.specs.values() for bound in ("low", "high"))
+
+
+def _check_params(trainer_cls: type[BaseTrainer], fixed: dict[str, Any]) -> list[str]:
+    try:
+        trainer_cls.Params.model_validate(fixed)
+    except ValidationError as error:
+        return describe_validation_error(error, trainer_cls.Params, prefix="trainer.params.")
+    return []
+
+
+def _check_space(trainer_cls: type[BaseTrainer], space: SearchSpace, fixed: dict[str, Any]) -> list[str]:
+    """Every parameter the space names must be one the trainer takes, over its whole range."""
+    allowed = trainer_cls.Params.model_fields
+    problems = []
+    for name, spec in space.specs.items():
+        if name not in allowed:
+            problems.append(
+                f"search_space.{name}: the trainer {trainer_cls.name!r} takes no parameter {name!r}; "
+                f"allowed: {', '.join(allowed)}"
+            )
+            continue
+        probes = list(spec.choices or []) if spec.type == "categorical" else [spec.low, spec.high]
+        for value in probes:
+            if spec.type == "int":
+                value = int(value)  # type: ignore[arg-type]
+            try:
+                trainer_cls.Params.model_validate({**fixed, name: value})
+            except ValidationError as error:
+                reasons = [
+                    line.split(": ", 1)[-1] for line in describe_validation_error(error, trainer_cls.Params) if line.startswith(name)
+                ]
+                if reasons:
+                    problems.append(f"search_space.{name}: value {value!r} is not allowed: {reasons[0]}")
+                    break
+    return problems
+

@@ -1,0 +1,302 @@
+"""One session of a study: the bookkeeping every backend shares.
+
+The session is the only code that writes to the study's storage while trials run. A
+backend asks it for a trial (:meth:`StudySession.ask`), passes each epoch's report through
+it (:meth:`StudySession.report`, which answers whether to prune) and hands it the outcome
+(:meth:`complete`, :meth:`prune`, :meth:`fail`, :meth:`interrupt`). The session keeps the
+budget exact: it never starts a trial that could take the study past ``n_trials``.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.study import (
+    DEVICE_ATTR,
+    EPOCHS_ATTR,
+    INTERRUPTED_ATTR,
+    REASON_ATTR,
+    RERUN_OF_ATTR,
+    RUN_ID_ATTR,
+    counts_toward_budget,
+)
+
+if TYPE_CHECKING:
+    import optuna
+
+    from orchestrator.plan import SweepPlan
+    from orchestrator.progress import Progress
+    from orchestrator.tracking import StudyTracker
+
+
+@dataclass
+class TrialHandle:
+    """A trial in flight."""
+
+    trial: optuna.Trial
+    params: dict[str, Any]
+    device: str
+    run: Future[str] | None
+    checkpoint_dir: Path | None
+    started: float = field(default_factory=time.monotonic)
+    epochs: int = 0
+    last_metrics: dict[str, float] = field(default_factory=dict)
+    rerun_of: int | None = None
+    known_epochs: set[int] = field(default_factory=set)
+
+    @property
+    def number(self) -> int:
+        return self.trial.number
+
+
+@dataclass
+class SessionResult:
+    complete: int
+    pruned: int
+    failed: int
+    interrupted: int
+    best_value: float | None
+    best_trial: int | None
+    stopped_by: str | None
+
+
+class StudySession:
+    """Budget, pruning answers and records for one run of a study.
+
+    Args:
+        plan: the checked sweep.
+        study: the Optuna study (its sampler and pruner already set).
+        tracker: MLflow runs, or None when tracking is off.
+        progress: the terminal display.
+        n_trials: the study's total budget of finished trials.
+        timeout: seconds after which no trial starts, or None.
+        checkpoint_root: the study's checkpoint folder, or None for no checkpoints.
+        max_failures: failed trials after which the study stops, or None.
+    """
+
+    def __init__(
+        self,
+        plan: SweepPlan,
+        study: optuna.Study,
+        tracker: StudyTracker | None,
+        progress: Progress,
+        n_trials: int,
+        timeout: float | None,
+        checkpoint_root: Path | None,
+        max_failures: int | None = None,
+        keep_best_checkpoint: bool = True,
+    ) -> None:
+        self.plan = plan
+        self.study = study
+        self.tracker = tracker
+        self.progress = progress
+        self.n_trials = n_trials
+        self.deadline = time.monotonic() + timeout if timeout else None
+        self.checkpoint_root = checkpoint_root
+        self.max_failures = max_failures
+        self.keep_best_checkpoint = keep_best_checkpoint
+        self.metric = plan.sweep.study.metric
+        self.maximize = plan.sweep.study.direction == "maximize"
+        self.in_flight: dict[int, TrialHandle] = {}
+        self.stop_reason: str | None = None
+        self.first_error: str | None = None
+        self.n_interrupted = 0
+        self.best_value: float | None = None
+        self.best_trial: int | None = None
+        self._counted = 0
+        self._failed = 0
+        self._load_history()
+
+    # -- state --
+    def _load_history(self) -> None:
+        from optuna.trial import TrialState
+
+        trials = self.study.get_trials(deepcopy=False)
+        self._counted = sum(1 for trial in trials if counts_toward_budget(trial))
+        self._failed = sum(1 for t in trials if t.state == TrialState.FAIL and not t.user_attrs.get(INTERRUPTED_ATTR))
+        for trial in trials:
+            if trial.state == TrialState.COMPLETE and trial.value is not None and self._better(trial.value):
+                self.best_value, self.best_trial = trial.value, trial.number
+        self.progress.already = self._counted
+        self.progress.budget = self.n_trials
+        if self.best_value is not None and self.best_trial is not None:
+            self.progress.set_best(self.best_trial, self.best_value)
+
+    @property
+    def n_counted(self) -> int:
+        """Finished trials that count toward the budget, this session's and earlier ones."""
+        return self._counted
+
+    @property
+    def remaining(self) -> int:
+        return self.n_trials - self._counted - len(self.in_flight)
+
+    def can_start(self) -> bool:
+        """True when one more trial may start without passing the budget, the timeout or a stop."""
+        if self.stop_reason is not None:
+            return False
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            self.stop_reason = "timeout"
+            return False
+        return self.remaining > 0
+
+    def request_stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+
+    def _better(self, value: float) -> bool:
+        if self.best_value is None:
+            return True
+        return value > self.best_value if self.maximize else value < self.best_value
+
+    # -- trial life cycle --
+    def ask(self, device: str) -> TrialHandle:
+        """Start a trial: sample its parameters, record its device, open its MLflow run."""
+        trial = self.study.ask()
+        sampled = self.plan.space.suggest(trial, self.plan.fixed_params)
+        params = self.plan.trial_params(sampled)
+        rerun_of = trial.user_attrs.get(RERUN_OF_ATTR)
+        previous_run_id = trial.user_attrs.get(RUN_ID_ATTR)
+        trial.set_user_attr(DEVICE_ATTR, device)
+        run = self.tracker.start_trial(trial.number, params, device, run_id=previous_run_id) if self.tracker else None
+        checkpoint_dir = self.checkpoint_root / f"trial-{trial.number}" if self.checkpoint_root else None
+        handle = TrialHandle(trial, params, device, run, checkpoint_dir, rerun_of=rerun_of)
+        if rerun_of is not None:
+            self._continue_from(handle, rerun_of)
+        self.in_flight[trial.number] = handle
+        self.progress.running = len(self.in_flight)
+        return handle
+
+    def _continue_from(self, handle: TrialHandle, number: int) -> None:
+        """A re-run takes over the interrupted trial's checkpoint and its reported epochs."""
+        storage = self.study._storage
+        previous = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number))
+        if self.checkpoint_root is not None and handle.checkpoint_dir is not None:
+            old = self.checkpoint_root / f"trial-{number}"
+            if old.exists() and not handle.checkpoint_dir.exists():
+                old.rename(handle.checkpoint_dir)
+        for step, value in sorted(previous.intermediate_values.items()):
+            handle.trial.report(value, step)
+            handle.known_epochs.add(step)
+        handle.epochs = max(handle.known_epochs, default=0)
+
+    def report(self, handle: TrialHandle, epoch: int, metrics: dict[str, float]) -> bool:
+        """Record one epoch; True when the pruner says the trial should stop.
+
+        An epoch the trial already reported before an interruption (a re-run replays the
+        epochs its checkpoint holds) is not recorded twice.
+        """
+        handle.epochs = max(handle.epochs, epoch)
+        handle.last_metrics = metrics
+        if epoch in handle.known_epochs:
+            return handle.trial.should_prune()
+        handle.known_epochs.add(epoch)
+        if self.tracker and handle.run is not None:
+            self.tracker.log_epoch(handle.run, epoch, metrics)
+        value = metrics.get(self.metric)
+        if value is None or not math.isfinite(value):
+            return False
+        handle.trial.report(value, epoch)
+        return handle.trial.should_prune()
+
+    def complete(self, handle: TrialHandle, result: dict[str, float]) -> None:
+        value = result.get(self.metric, handle.last_metrics.get(self.metric))
+        if value is None:
+            self.fail(handle, f"the trainer reported no {self.metric!r}; it reported: {', '.join(result) or 'nothing'}")
+            return
+        if not math.isfinite(value):
+            self.prune(handle, f"diverged: {self.metric} is {value}")
+            return
+        self._attach(handle, epochs=int(result.get("epochs_run", handle.epochs)))
+        self.study.tell(handle.trial, value)
+        if self._better(value):
+            previous = self.best_trial
+            self.best_value, self.best_trial = value, handle.number
+            self.progress.set_best(handle.number, value)
+            if self.tracker:
+                self.tracker.set_best(handle.number, value, handle.params)
+            self._drop_checkpoint(previous)
+            if not self.keep_best_checkpoint:
+                self._drop_checkpoint(handle.number)
+        else:
+            self._drop_checkpoint(handle.number)
+        self._finished(handle, "COMPLETE", value=value, summary=result)
+
+    def prune(self, handle: TrialHandle, reason: str) -> None:
+        from optuna.trial import TrialState
+
+        self._attach(handle, reason=reason)
+        self.study.tell(handle.trial, state=TrialState.PRUNED)
+        value = handle.last_metrics.get(self.metric)
+        self._finished(handle, "PRUNED", value=value, reason=reason, summary=handle.last_metrics)
+        self._drop_checkpoint(handle.number)
+
+    def fail(self, handle: TrialHandle, reason: str, traceback_text: str | None = None) -> None:
+        from optuna.trial import TrialState
+
+        self._attach(handle, reason=reason)
+        self.study.tell(handle.trial, state=TrialState.FAIL)
+        self._failed += 1
+        self.first_error = self.first_error or f"trial {handle.number}: {reason}"
+        self._finished(handle, "FAIL", reason=reason, summary=handle.last_metrics, traceback_text=traceback_text)
+        self._drop_checkpoint(handle.number)
+        if self.max_failures is not None and self._failed >= self.max_failures:
+            self.request_stop(f"{self._failed} trials failed (study.max_failures is {self.max_failures}); first error: {self.first_error}")
+
+    def interrupt(self, handle: TrialHandle, reason: str) -> None:
+        """The trial was stopped from outside; it is failed as interrupted and ``resume`` re-runs it."""
+        from optuna.trial import TrialState
+
+        self._attach(handle, reason=f"interrupted: {reason}", interrupted=True)
+        self.study.tell(handle.trial, state=TrialState.FAIL)
+        self.n_interrupted += 1
+        self.in_flight.pop(handle.number, None)
+        self.progress.running = len(self.in_flight)
+        if self.tracker and handle.run is not None:
+            self.tracker.end_trial(handle.run, "INTERRUPTED", reason=reason)
+        self.progress.say(f"trial {handle.number} interrupted after epoch {handle.epochs}; `ftsweep resume` continues it")
+
+    def _attach(self, handle: TrialHandle, *, reason: str | None = None, epochs: int | None = None, interrupted: bool = False) -> None:
+        """User attributes written before ``tell`` (a finished trial's attributes cannot change)."""
+        trial = handle.trial
+        if handle.run is not None and RUN_ID_ATTR not in trial.user_attrs:
+            try:
+                trial.set_user_attr(RUN_ID_ATTR, handle.run.result(timeout=120))
+            except Exception:  # noqa: BLE001 - a tracking failure is reported by the tracker, not here
+                pass
+        trial.set_user_attr(EPOCHS_ATTR, epochs if epochs is not None else handle.epochs)
+        if reason:
+            trial.set_user_attr(REASON_ATTR, reason)
+        if interrupted:
+            trial.set_user_attr(INTERRUPTED_ATTR, True)
+
+    def _finished(self, handle: TrialHandle, state: str, **details: Any) -> None:
+        self._counted += 1
+        self.in_flight.pop(handle.number, None)
+        self.progress.running = len(self.in_flight)
+        if self.tracker and handle.run is not None:
+            self.tracker.end_trial(handle.run, state, **details)
+        reason = details.get("reason") or ""
+        self.progress.trial_finished(handle.number, state, details.get("value"), reason)
+
+    def _drop_checkpoint(self, number: int | None) -> None:
+        if number is None or self.checkpoint_root is None:
+            return
+        shutil.rmtree(self.checkpoint_root / f"trial-{number}", ignore_errors=True)
+
+    def result(self) -> SessionResult:
+        return SessionResult(
+            complete=self.progress.complete,
+            pruned=self.progress.pruned,
+            failed=self.progress.failed,
+            interrupted=self.n_interrupted,
+            best_value=self.best_value,
+            best_trial=self.best_trial,
+            stopped_by=self.stop_reason,
+        )

@@ -1,0 +1,282 @@
+"""Create, find and account for studies in the SQL store (Optuna's RDB storage).
+
+The store is Optuna's own schema through SQLAlchemy; ftsweep writes nothing else there but
+user attributes: the sweep file on the study (so ``status``, ``best`` and ``resume`` need
+only the study's name), and on each trial its MLflow run id, its device and the reason it
+was pruned or failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.config import Sweep, SweepModel, absolute_sqlite_url, sqlite_path, validate_sweep
+from orchestrator.errors import ConfigError, StorageError, StudyExists, StudyNotFound
+
+if TYPE_CHECKING:
+    import optuna
+
+    from search_spaces import SearchSpace
+
+SWEEP_ATTR = "ftsweep:sweep"
+VERSION_ATTR = "ftsweep:version"
+#: Trial user attributes ftsweep writes.
+RUN_ID_ATTR = "mlflow_run_id"
+DEVICE_ATTR = "device"
+REASON_ATTR = "reason"
+PARAMS_ATTR = "all_params"
+EPOCHS_ATTR = "epochs"
+INTERRUPTED_ATTR = "interrupted"
+RERUN_OF_ATTR = "rerun_of"
+
+
+def quiet_optuna() -> None:
+    """Keep Optuna's per-trial INFO lines off the terminal: ftsweep shows its own progress."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage on ``url``, with connections that survive hour-long trials.
+
+    PostgreSQL and MySQL connections are pinged before use (``pool_pre_ping``) and recycled,
+    so a connection a firewall or the server dropped during a long trial is replaced instead
+    of failing the next write (optuna#5600). SQLite waits for the write lock instead of
+    failing at once.
+
+    Raises:
+        StorageError: when the URL cannot be opened, naming it and what to check.
+    """
+    import optuna
+    import sqlalchemy.exc
+
+    quiet_optuna()
+    path = sqlite_path(url)
+    if path is not None:
+        engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}}
+        if not path.parent.exists():
+            raise StorageError(f"storage {url}: the folder {path.parent} does not exist")
+    else:
+        engine_kwargs = {"pool_pre_ping": True, "pool_recycle": 1800}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, skip_compatibility_check=False)
+    except ModuleNotFoundError as error:
+        raise StorageError(
+            f"storage {url}: the database driver {error.name!r} is not installed; "
+            "for PostgreSQL: pip install 'ftsweep[postgres]'"
+        ) from error
+    except (sqlalchemy.exc.SQLAlchemyError, ValueError) as error:
+        detail = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        raise StorageError(f"storage {url}: cannot open it ({detail})") from error
+
+
+def study_names(storage: optuna.storages.RDBStorage) -> list[str]:
+    return [summary.study_name for summary in storage.get_all_studies()]
+
+
+def create_study(sweep: Sweep, storage: optuna.storages.RDBStorage, sampler: Any, pruner: Any) -> optuna.Study:
+    """A new study holding the sweep file.
+
+    Raises:
+        StudyExists: when a study of that name is already in the storage.
+    """
+    import optuna
+
+    name = sweep.study.name
+    if name in study_names(storage):
+        raise StudyExists(
+            f"study {name!r} already exists in {storage.url}; continue it with `ftsweep resume {name}` "
+            "or choose another study.name"
+        )
+    study = optuna.create_study(
+        study_name=name, storage=storage, direction=sweep.study.direction, sampler=sampler, pruner=pruner
+    )
+    study.set_user_attr(SWEEP_ATTR, sweep_for_store(sweep).to_stored())
+    study.set_user_attr(VERSION_ATTR, _version())
+    return study
+
+
+def load_study(name: str, storage: optuna.storages.RDBStorage, sampler: Any = None, pruner: Any = None) -> optuna.Study:
+    """The study ``name``.
+
+    Raises:
+        StudyNotFound: listing the studies the storage does hold.
+    """
+    import optuna
+
+    names = study_names(storage)
+    if name not in names:
+        known = ", ".join(sorted(names)) or "none"
+        raise StudyNotFound(f"no study {name!r} in {storage.url}; studies there: {known}")
+    return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+
+
+def stored_sweep(study: optuna.Study) -> Sweep:
+    """The sweep file kept with the study by ``ftsweep run``.
+
+    Raises:
+        StudyNotFound: for a study that ftsweep did not create.
+    """
+    stored = study.user_attrs.get(SWEEP_ATTR)
+    if not stored:
+        raise StudyNotFound(f"study {study.study_name!r} was not created by ftsweep (it holds no sweep file)")
+    return validate_sweep(stored["sweep"], base_dir=Path(stored["base_dir"]), source=f"study {study.study_name}")
+
+
+def sweep_for_store(sweep: Sweep) -> Sweep:
+    """The sweep with relative SQLite URLs made absolute, so a later ``resume`` from another folder finds them."""
+    raw = {**sweep.raw}
+    raw["study"] = {**raw.get("study", {}), "storage": absolute_sqlite_url(sweep.storage_url)}
+    raw["tracking"] = {**raw.get("tracking", {}), "mlflow_uri": absolute_sqlite_url(sweep.tracking_uri)}
+    return Sweep(SweepModel.model_validate(raw), raw, sweep.base_dir, sweep.source)
+
+
+def make_sampler(sweep: Sweep, space: SearchSpace, n_workers: int, seed_offset: int = 0) -> Any:
+    """The Optuna sampler ``study.sampler`` names.
+
+    With several workers, TPE uses the constant liar so that trials in flight are not proposed
+    twice. ``seed_offset`` (the number of trials already in a resumed study) keeps a resumed
+    sampler from replaying the random start-up proposals it made before.
+    """
+    import optuna
+
+    config = sweep.study.sampler
+    seed = None if config.seed is None else config.seed + seed_offset
+    options = config.options
+    factories: dict[str, Any] = {
+        "tpe": optuna.samplers.TPESampler,
+        "random": optuna.samplers.RandomSampler,
+        "cmaes": optuna.samplers.CmaEsSampler,
+        "gp": optuna.samplers.GPSampler,
+        "qmc": optuna.samplers.QMCSampler,
+        "grid": _AskTellGridSampler,
+    }
+    if config.name == "tpe" and n_workers > 1:
+        options.setdefault("constant_liar", True)
+    if config.name == "grid":
+        options = {"search_space": space.grid(), **options}
+    try:
+        return factories[config.name](seed=seed, **options)
+    except TypeError as error:
+        raise ConfigError(f"study.sampler: {config.name} does not accept these options ({error})", source=sweep.source) from None
+
+
+def make_pruner(sweep: Sweep, max_epochs: int | None) -> Any:
+    """The Optuna pruner ``study.pruner`` names; step = epoch.
+
+    ``asha`` on the local backend is Optuna's SuccessiveHalvingPruner, which is ASHA.
+    """
+    import optuna
+
+    config = sweep.study.pruner
+    options = config.options
+    pruners = optuna.pruners
+    try:
+        if config.name == "none":
+            return pruners.NopPruner()
+        if config.name == "median":
+            return pruners.MedianPruner(**{"n_startup_trials": 4, "n_warmup_steps": 0, **options})
+        if config.name in ("successive_halving", "asha"):
+            return pruners.SuccessiveHalvingPruner(**options)
+        if config.name == "hyperband":
+            defaults: dict[str, Any] = {"min_resource": 1}
+            if max_epochs:
+                defaults["max_resource"] = max_epochs
+            return pruners.HyperbandPruner(**{**defaults, **options})
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"study.pruner: {config.name} does not accept these options ({error})", source=sweep.source) from None
+    raise ConfigError(f"study.pruner.name: unknown pruner {config.name!r}", source=sweep.source)
+
+
+def grid_size(space: SearchSpace) -> int:
+    size = 1
+    for values in space.grid().values():
+        size *= len(values)
+    return size
+
+
+def _make_ask_tell_grid() -> type:
+    import optuna
+
+    class AskTellGridSampler(optuna.samplers.GridSampler):
+        """Optuna's GridSampler, minus its ``study.stop()`` when the grid is done.
+
+        ``study.stop()`` only works inside ``optimize()``; with ask/tell it raises. ftsweep caps
+        the budget at the grid's size instead.
+        """
+
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            return None
+
+    return AskTellGridSampler
+
+
+def _AskTellGridSampler(**kwargs: Any) -> Any:  # noqa: N802 - a factory standing in for a class
+    return _make_ask_tell_grid()(**kwargs)
+
+
+def counts_toward_budget(trial: optuna.trial.FrozenTrial) -> bool:
+    """A finished trial that uses up budget: complete, pruned, or failed on its own account.
+
+    A trial failed because its process was interrupted (a killed driver, Ctrl-C) is re-run,
+    and only the re-run counts.
+    """
+    from optuna.trial import TrialState
+
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return trial.state == TrialState.FAIL and not trial.user_attrs.get(INTERRUPTED_ATTR)
+
+
+def state_counts(trials: Iterable[optuna.trial.FrozenTrial]) -> Counter[str]:
+    """Trials by state name (``COMPLETE``, ``PRUNED``, ``FAIL``, ``RUNNING``, ``WAITING``)."""
+    return Counter(trial.state.name for trial in trials)
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("ftsweep")
+    except Exception:  # noqa: BLE001 - running from a source tree without metadata
+        return "unknown"
+
+
+def recover_interrupted(study: optuna.Study) -> list[int]:
+    """Mark trials left RUNNING as interrupted and queue a re-run of every interrupted trial.
+
+    A re-run is a new trial with the same parameters, enqueued with a reference to the one it
+    replaces (``rerun_of``) and that trial's MLflow run, so its run continues. Each interrupted
+    trial is queued once, however many times a study is resumed.
+
+    Returns:
+        the numbers of the trials queued for a re-run.
+    """
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    trials = study.get_trials(deepcopy=False)
+    for trial in trials:
+        if trial.state == TrialState.RUNNING:
+            storage.set_trial_user_attr(trial._trial_id, INTERRUPTED_ATTR, True)
+            storage.set_trial_user_attr(trial._trial_id, REASON_ATTR, "interrupted: its process died while it ran")
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    trials = study.get_trials(deepcopy=False)
+    already = {t.user_attrs.get(RERUN_OF_ATTR) for t in trials if t.user_attrs.get(RERUN_OF_ATTR) is not None}
+    queued = []
+    for trial in trials:
+        if trial.state == TrialState.FAIL and trial.user_attrs.get(INTERRUPTED_ATTR) and trial.number not in already:
+            attrs = {RERUN_OF_ATTR: trial.number}
+            if trial.user_attrs.get(RUN_ID_ATTR):
+                attrs[RUN_ID_ATTR] = trial.user_attrs[RUN_ID_ATTR]
+            study.enqueue_trial(trial.params, user_attrs=attrs, skip_if_exists=False)
+            queued.append(trial.number)
+    return queued

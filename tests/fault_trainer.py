@@ -1,0 +1,52 @@
+"""A user trainer (plugged in as ``fault_trainer:FaultTrainer``) whose trials misbehave on demand.
+
+It shows that a team's own trainer class works through the import-path registry, and lets
+the orchestration tests make a trial raise, diverge, or run slowly enough to be killed.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from pydantic import Field
+
+from trainers.base import BaseTrainer, StrictModel, TrialContext, TrialDiverged
+
+
+class FaultSettings(StrictModel):
+    epochs: int = 3
+    sleep_seconds: float = 0.0
+    fail_trials: list[int] = Field(default_factory=list)
+    nan_trials: list[int] = Field(default_factory=list)
+
+
+class FaultParams(StrictModel):
+    x: float = 0.0
+    epochs: int = 3
+    sleep_seconds: float = 0.0
+
+
+class FaultTrainer(BaseTrainer):
+    name = "fault"
+    Settings = FaultSettings
+    Params = FaultParams
+    metric_names = ("score",)
+    settings_as_params = ("epochs", "sleep_seconds")
+
+    def run(self, ctx: TrialContext) -> dict[str, float]:
+        settings: FaultSettings = self.settings  # type: ignore[assignment]
+        state = ctx.load_checkpoint() or {"epoch": 0, "history": []}
+        score = 0.0
+        for epoch in range(state["epoch"] + 1, ctx.params["epochs"] + 1):
+            time.sleep(ctx.params["sleep_seconds"])
+            if ctx.trial_number in settings.fail_trials and epoch == 2:
+                raise RuntimeError(f"trial {ctx.trial_number} broke on purpose")
+            score = -((ctx.params["x"] - 1.0) ** 2) + 0.1 * epoch
+            if ctx.trial_number in settings.nan_trials:
+                score = math.nan
+                raise TrialDiverged(f"diverged: loss is nan at epoch {epoch}")
+            state = {"epoch": epoch, "history": [*state["history"], {"epoch": epoch, "score": score}]}
+            ctx.save_checkpoint(state)
+            ctx.report(epoch, {"score": score})
+        return {"score": score, "best_epoch": float(ctx.params["epochs"])}
