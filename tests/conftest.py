@@ -66,3 +66,84 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 POSTGRES_URL = os.environ.get("FTSWEEP_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+TESTS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = TESTS_DIR.parent
+
+
+def write_sweep(folder: Path, sweep: dict, name: str = "sweep.yaml") -> Path:
+    """Write a sweep file (a mapping) as YAML into ``folder``."""
+    import yaml
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(yaml.safe_dump(sweep, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment the ftsweep CLI runs with in tests: offline, the tests' own trainers importable."""
+    env = {key: value for key, value in os.environ.items() if key not in ("FTSWEEP_STORAGE", "MLFLOW_TRACKING_URI")}
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    env.update(extra)
+    return env
+
+
+def run_cli(args: list[str], cwd: Path, timeout: float = 300, **env: str):
+    """Run ``ftsweep ARGS`` as a real process; returns the CompletedProcess (text)."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *args],
+        cwd=cwd,
+        env=cli_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def fault_sweep(name: str = "faults", n_trials: int = 4, workers: int = 2, **trainer: object) -> dict:
+    """A sweep of the tests' FaultTrainer (a user trainer given by import path)."""
+    return {
+        "study": {"name": name, "metric": "score", "n_trials": n_trials, "sampler": {"name": "tpe", "seed": 0},
+                  "pruner": {"name": "none"}, "max_failures": 100},
+        "trainer": {"name": "fault_trainer:FaultTrainer", "epochs": 3, **trainer},
+        "search_space": {"x": {"type": "float", "low": -2.0, "high": 3.0}},
+        "execution": {"workers": workers},
+    }
+
+
+def postgres_available() -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def require_postgres() -> None:
+    """PostgreSQL tests run wherever the server is; they skip only off CI with no server."""
+    if postgres_available():
+        return
+    if os.environ.get("CI"):
+        pytest.fail("PostgreSQL is not reachable on 127.0.0.1:5432, and CI needs it")
+    pytest.skip("PostgreSQL is not running on 127.0.0.1:5432 (CI runs this test)")
+
+
+def mlflow_runs(tracking_uri: str, experiment: str):
+    """(parent run, child runs) of a study's experiment in a real MLflow store."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    runs = client.search_runs([experiment_id], max_results=1000)
+    parents = [run for run in runs if run.data.tags.get("ftsweep.role") == "study"]
+    children = [run for run in runs if run.data.tags.get("ftsweep.role") == "trial"]
+    return parents, children, client

@@ -50,3 +50,10 @@ class FaultTrainer(BaseTrainer):
             ctx.save_checkpoint(state)
             ctx.report(epoch, {"score": score})
         return {"score": score, "best_epoch": float(ctx.params["epochs"])}
+
+
+class BrokenCheckTrainer(FaultTrainer):
+    """A trainer with a bug in ``check``: ftsweep must show it as a bug (exit 1, a log file)."""
+
+    def check(self) -> None:
+        raise ZeroDivisionError("a bug in the trainer's own code")

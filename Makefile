@@ -1,0 +1,47 @@
+# ftsweep: set-up, tests and the demo on a fresh machine. `make help` lists the targets.
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU build of torch (small, and what the tests and the demo need). With a GPU, use e.g.
+#   make test TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.ftsweep-installed
+
+.PHONY: help install test test-quick demo lint bench clean
+
+help:
+	@echo "make install     create $(VENV) and install ftsweep with its test and demo extras"
+	@echo "make test        install, then run the whole test suite (what CI runs)"
+	@echo "make test-quick  the suite without the slow end-to-end tests"
+	@echo "make demo        install, then run the bundled demo sweep on the CPU (about 3 minutes)"
+	@echo "make lint        ruff"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH_SPEC)
+	$(BIN)/pip install --quiet -e ".[dev,demo]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-quick: install
+	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+
+demo: install
+	cd examples/campaign && HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false \
+	  ../../$(BIN)/ftsweep run demo.yaml --set trainer.model="$$(../../$(BIN)/python demo_model.py)" \
+	  --set study.storage=sqlite:///demo.db --set tracking.mlflow_uri=sqlite:///demo-mlflow.db \
+	  && ../../$(BIN)/ftsweep best campaign-demo --storage sqlite:///demo.db
+
+lint: install
+	$(BIN)/ruff check orchestrator trainers search_spaces tests bench examples
+
+clean:
+	rm -rf $(VENV) examples/campaign/demo.db examples/campaign/demo-mlflow.db examples/campaign/mlartifacts \
+	  examples/campaign/ftsweep-runs examples/campaign/tiny-model
