@@ -8,9 +8,35 @@ The public API is small; the CLI (``ftsweep``) is built on it::
 
 from __future__ import annotations
 
-from orchestrator.config import Sweep, load_sweep
-from orchestrator.errors import ConfigError, DataError, FtsweepError, ModelError, StorageError, StudyExists, StudyNotFound, UserError
-from orchestrator.runner import RunOutcome, resume_study, run_sweep
+import importlib
+from typing import Any
+
+from orchestrator.errors import (
+    ConfigError,
+    DataError,
+    FtsweepError,
+    ModelError,
+    StorageError,
+    StudyExists,
+    StudyNotFound,
+    UserError,
+)
+
+# Imported on first use, so that `ftsweep --help` and `import search_spaces` stay light.
+_LAZY = {
+    "Sweep": "orchestrator.config",
+    "load_sweep": "orchestrator.config",
+    "RunOutcome": "orchestrator.runner",
+    "resume_study": "orchestrator.runner",
+    "run_sweep": "orchestrator.runner",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'orchestrator' has no attribute {name!r}")
+
 
 __all__ = [
     "ConfigError",

@@ -75,7 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--n-trials", type=_positive_int, help="a new total budget of finished trials")
     resume.add_argument("--workers", type=_workers)
     resume.add_argument("--timeout", type=_duration)
+    resume.add_argument("--sweep", dest="sweep_file", help="continue with this sweep file instead of the stored one")
+    resume.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a key of the stored sweep file (repeatable)")
+    resume.add_argument("--force", action="store_true",
+                        help="accept a sweep file whose search space or trainer differ from the stored one")
     resume.set_defaults(handler=cmd_resume)
+
+    worker = verbs.add_parser("worker", help="join a running study from this machine (PostgreSQL storage)")
+    worker.add_argument("study_name")
+    _add_storage(worker)
+    worker.add_argument("--workers", type=_workers, help="trials at once on this machine (default: execution.workers)")
+    worker.set_defaults(handler=cmd_worker)
 
     status = verbs.add_parser("status", help="the study's trials: number, state, params, value, epochs, duration")
     status.add_argument("study_name")
@@ -117,7 +128,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     from orchestrator.runner import resume_study
 
-    outcome = resume_study(args.study_name, args.storage, n_trials=args.n_trials, workers=args.workers, timeout=args.timeout)
+    outcome = resume_study(
+        args.study_name, args.storage, n_trials=args.n_trials, workers=args.workers, timeout=args.timeout,
+        sweep_file=args.sweep_file, overrides=args.overrides, force=args.force,
+    )
+    return _finish(outcome)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from orchestrator.runner import resume_study
+
+    outcome = resume_study(args.study_name, args.storage, workers=args.workers, as_worker=True)
     return _finish(outcome)
 
 

@@ -99,6 +99,8 @@ class ExecutionConfig(_Strict):
     @field_validator("workers", mode="before")
     @classmethod
     def _workers(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("must be 'auto' or a whole number of at least 1")
         if isinstance(value, str) and value != "auto":
             if value.isdigit():
                 return int(value)
@@ -211,20 +213,24 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, int | float):
         return float(value)
     if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
         match = _DURATION.match(value)
         if match and any(match.groups()):
             days, hours, minutes, seconds = (float(group or 0) for group in match.groups())
             return days * 86400 + hours * 3600 + minutes * 60 + seconds
-    raise ValueError(f"must be a duration such as 90s, 30m, 2h or a number of seconds, not {value!r}")
+    raise ValueError("must be a duration such as 90s, 30m, 2h or a number of seconds")
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str = "--set") -> dict[str, Any]:
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``a.b=value`` overrides (values read as YAML) to a copy of ``raw``."""
     result = copy.deepcopy(raw)
     problems = []
     for override in overrides:
         key, sep, text = override.partition("=")
-        if not sep or not key.strip():
+        if not sep or not key.strip() or any(not part.strip() for part in key.split(".")):
             problems.append(f"--set {override!r}: expected key.path=value, e.g. trainer.epochs=2")
             continue
         try:
@@ -246,7 +252,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str = "--
         else:
             node[parts[-1]] = value
     if problems:
-        raise ConfigError(problems, source=source)
+        raise ConfigError(problems)
     return result
 
 
@@ -293,26 +299,40 @@ def validate_sweep(raw: dict[str, Any], base_dir: Path, source: str) -> Sweep:
 
 
 def describe_validation_error(error: ValidationError, root: type[BaseModel], prefix: str = "") -> list[str]:
-    """One line per pydantic problem: key path, what is wrong, what was received."""
-    lines = []
+    """One line per key path: what is wrong, what was received.
+
+    A value that fails every member of a union (``int | 'auto'``) gives one line, not one
+    per member.
+    """
+    by_path: dict[str, list[str]] = {}
     for item in error.errors():
-        location = [str(part) for part in item["loc"]]
-        if location and location[-1].startswith("function-"):
-            location = location[:-1]
-        path = prefix + ".".join(location) if location else prefix.rstrip(".") or "(top level)"
+        location = [part for part in item["loc"] if not _is_type_tag(part)]
+        path = prefix + ".".join(str(part) for part in location) if location else prefix.rstrip(".") or "(top level)"
         kind = item["type"]
         if kind == "extra_forbidden":
-            allowed = allowed_keys(root, item["loc"][:-1])
+            allowed = allowed_keys(root, tuple(location[:-1]))
             hint = f"; allowed keys: {', '.join(allowed)}" if allowed else ""
-            lines.append(f"{path}: unknown key{hint}")
+            message = f"unknown key{hint}"
         elif kind == "missing":
-            lines.append(f"{path}: required key is missing")
+            message = "required key is missing"
         else:
             message = item["msg"].removeprefix("Value error, ")
             received = item.get("input")
-            shown = "" if isinstance(received, dict | list) else f" (got {received!r})"
-            lines.append(f"{path}: {message}{shown}")
-    return lines
+            if not isinstance(received, dict | list):
+                message += f" (got {received!r})"
+        messages = by_path.setdefault(path, [])
+        if message not in messages:
+            messages.append(message)
+    return [f"{path}: {'; or '.join(messages)}" for path, messages in by_path.items()]
+
+
+def _is_type_tag(part: Any) -> bool:
+    """pydantic names the member of a union in the error location (``int``, ``literal['auto']``)."""
+    if not isinstance(part, str):
+        return False
+    return part.startswith(("function-", "literal[", "dict[", "list[", "tuple[")) or part in (
+        "int", "float", "str", "bool", "none", "dict", "list", "constrained-float", "constrained-int",
+    )
 
 
 def allowed_keys(model: type[BaseModel], location: tuple[Any, ...]) -> list[str]:

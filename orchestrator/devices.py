@@ -61,6 +61,8 @@ def visible_gpu_ids() -> list[str]:
     """The GPU ids this process may use, found without initialising CUDA."""
     injected = os.environ.get(GPU_COUNT_ENV)
     if injected is not None and injected.strip():
+        if not injected.strip().isdigit():
+            raise ConfigError(f"{GPU_COUNT_ENV}={injected!r}: must be a whole number of GPUs")
         return [str(i) for i in range(int(injected))]
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:

@@ -43,6 +43,10 @@ class SweepPlan:
 
     @property
     def max_epochs(self) -> int | None:
+        """The most epochs any trial reports: a searched ``epochs`` counts at its upper bound."""
+        spec = self.space.specs.get("epochs")
+        if spec is not None and spec.high is not None:
+            return int(float(spec.high))
         return self.trainer.max_epochs(self.fixed_params)
 
 
@@ -77,8 +81,13 @@ def plan_sweep(sweep: Sweep, check_data: bool = True) -> SweepPlan:
         raise ConfigError(problems, source=sweep.source)
 
     raw_space = sweep.raw.get("search_space", sweep.model.search_space)
-    space = load_search_space(raw_space, sweep.base_dir)
-    space = space.resolve(trainer.symbols() if _uses_symbols(space) else {})
+    try:
+        space = load_search_space(raw_space, sweep.base_dir)
+        space = space.resolve(trainer.symbols() if _uses_symbols(space) else {})
+    except ConfigError as error:
+        if error.source is not None:
+            raise
+        raise ConfigError(error.problems, source=sweep.source) from None
     space = space.without(set(fixed))
     problems = _check_space(trainer_cls, space, fixed)
     if trainer_cls.metric_names and sweep.study.metric not in trainer_cls.metric_names:

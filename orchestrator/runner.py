@@ -102,7 +102,9 @@ def run_sweep(
     sampler = make_sampler(sweep, plan.space, len(slots))
     pruner = make_pruner(sweep, plan.max_epochs)
     study = create_study(sweep, storage, sampler, pruner)
-    return _run_session(plan, study, tracker, slots, budget, timeout or sweep.study.timeout, live)
+    return _run_session(
+        plan, study, tracker, slots, budget, timeout or sweep.study.timeout, live, shared=is_shared_storage(sweep.storage_url)
+    )
 
 
 def _open_tracker(sweep: Sweep) -> StudyTracker | None:
@@ -123,6 +125,7 @@ def _run_session(
     budget: int,
     timeout: float | None,
     live: bool | None,
+    shared: bool = False,
 ) -> RunOutcome:
     from orchestrator.backends.local import LocalBackend
 
@@ -142,6 +145,7 @@ def _run_session(
         checkpoint_root=checkpoint_root(sweep),
         max_failures=max_failures if max_failures is not None else default_max_failures(budget),
         keep_best_checkpoint=sweep.execution.keep_best_checkpoint,
+        shared=shared,
     )
     progress.say(
         f"study {sweep.study.name!r}: {budget} trials ({session.n_counted} already finished) on "
@@ -149,10 +153,14 @@ def _run_session(
         f"storage {sweep.storage_url}" + (f"; MLflow {sweep.tracking_uri}" if tracker else "")
     )
     backend = LocalBackend(slots, log_dir=work_dir / "logs")
-    status = "FAILED"
+    status: str | None = "FAILED"
     try:
         backend.run(session)
-        status = "FINISHED" if session.n_counted >= budget else "KILLED"
+        done = session.n_counted >= budget
+        if tracker is not None and done:
+            _log_best_checkpoint(session, tracker)
+        # A worker leaves the parent run open while other workers may still be running trials.
+        status = "FINISHED" if done else (None if shared else "KILLED")
     finally:
         errors = tracker.close(status) if tracker is not None else []
     return RunOutcome(sweep.study.name, sweep.storage_url, session.result(), budget, session.n_counted, errors, work_dir)
@@ -188,6 +196,28 @@ def _study_artifacts(plan: SweepPlan) -> dict[str, str]:
     }
 
 
+
+def is_shared_storage(url: str) -> bool:
+    """A server database (PostgreSQL, MySQL) may have workers on other machines; a SQLite file may not."""
+    return sqlite_path(url) is None and not url.startswith("sqlite")
+
+
+def sweep_differences(stored: Sweep, given: Sweep) -> list[str]:
+    """What differs between two sweeps in the parts that define a trial: the search space and the trainer."""
+    differences: list[str] = []
+    for section in ("search_space", "trainer"):
+        _diff(stored.raw.get(section), given.raw.get(section), section, differences)
+    return differences
+
+
+def _diff(old: Any, new: Any, path: str, out: list[str]) -> None:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in list(old) + [k for k in new if k not in old]:
+            _diff(old.get(key), new.get(key), f"{path}.{key}", out)
+    elif old != new:
+        out.append(f"{path}: {old!r} -> {new!r}")
+
+
 def resume_study(
     study_name: str,
     storage_url: str | None,
@@ -195,19 +225,53 @@ def resume_study(
     n_trials: int | None = None,
     workers: int | str | None = None,
     timeout: float | None = None,
+    sweep_file: str | None = None,
+    overrides: list[str] | None = None,
+    force: bool = False,
     live: bool | None = None,
+    as_worker: bool = False,
 ) -> RunOutcome:
     """Continue a study from its storage: the sweep file comes from the store.
 
     Trials left RUNNING by a dead process and trials interrupted by a stop are re-run with
     the same parameters (each counted once); finished trials are never re-run.
-    """
-    from orchestrator.config import resolve_storage_url
-    from orchestrator.study import SWEEP_ATTR, load_study, recover_interrupted, stored_sweep
 
-    storage = open_storage(resolve_storage_url(storage_url))
+    Args:
+        sweep_file: a sweep file to continue with instead of the stored one; refused when its
+            search space or trainer differ from the stored ones, unless ``force``.
+        as_worker: join a study that other processes may be running (``ftsweep worker``).
+    """
+    from orchestrator.config import load_sweep, resolve_storage_url
+    from orchestrator.errors import UserError
+    from orchestrator.recovery import recover
+    from orchestrator.study import SWEEP_ATTR, load_study, stored_sweep
+
+    url = resolve_storage_url(storage_url)
+    if as_worker and not is_shared_storage(url):
+        raise UserError(
+            f"ftsweep worker needs a server database (postgresql+psycopg://...), not {url}: a SQLite file is one "
+            f"machine, one writer. On this machine run more trials at once with `ftsweep resume {study_name} --workers N`"
+        )
+    storage = open_storage(url)
     study = load_study(study_name, storage)
     sweep = stored_sweep(study)
+    if sweep_file or overrides:
+        given = load_sweep(sweep_file, overrides) if sweep_file else None
+        if given is None:
+            from orchestrator.config import apply_overrides, validate_sweep
+
+            given = validate_sweep(apply_overrides(sweep.raw, overrides or []), sweep.base_dir, sweep.source)
+        if given.study.name != study_name:
+            raise ConfigError(f"study.name: the sweep file names {given.study.name!r}, not {study_name!r}", source=given.source)
+        differences = sweep_differences(sweep, given)
+        if differences and not force:
+            raise ConfigError(
+                f"refusing to resume {study_name!r} with a different search space or trainer ({'; '.join(differences)}); "
+                "trials already run would not be comparable. Use --force to continue anyway",
+                source=given.source,
+            )
+        sweep = given
+        study.set_user_attr(SWEEP_ATTR, sweep_for_store(sweep).to_stored())
     plan = plan_sweep(sweep)
     slots = worker_slots(sweep, workers)
     budget = effective_budget(plan, n_trials or sweep.study.n_trials)
@@ -216,9 +280,29 @@ def resume_study(
         stored["sweep"].setdefault("study", {})["n_trials"] = n_trials
         study.set_user_attr(SWEEP_ATTR, stored)
     tracker = _open_tracker(sweep)
-    recovered = recover_interrupted(study)
+    recovered = recover(study)
+    if recovered:
+        print(f"re-running interrupted trial(s) {recovered} with the same parameters", file=sys.stderr)
     sampler = make_sampler(sweep, plan.space, len(slots), seed_offset=len(study.trials))
     study = load_study(study_name, storage, sampler=sampler, pruner=make_pruner(sweep, plan.max_epochs))
-    if recovered:
-        print(f"re-running {len(recovered)} interrupted trial(s) with the same parameters: {recovered}", file=sys.stderr)
-    return _run_session(plan, study, tracker, slots, budget, timeout or sweep.study.timeout, live)
+    return _run_session(
+        plan, study, tracker, slots, budget, timeout or sweep.study.timeout, live, shared=is_shared_storage(url)
+    )
+
+
+def _log_best_checkpoint(session: StudySession, tracker: StudyTracker) -> None:
+    """The best trial's checkpoint, kept on disk, is logged to its MLflow run as an artifact."""
+    from optuna.trial import TrialState
+
+    from orchestrator.study import RUN_ID_ATTR
+
+    if not session.keep_best_checkpoint or session.checkpoint_root is None:
+        return
+    try:
+        best = session.study.best_trial
+    except ValueError:
+        return
+    folder = session.checkpoint_root / f"trial-{best.number}"
+    run_id = best.user_attrs.get(RUN_ID_ATTR)
+    if best.state == TrialState.COMPLETE and run_id and folder.is_dir() and any(folder.iterdir()):
+        tracker.log_artifacts(run_id, folder, "checkpoint")

@@ -9,6 +9,7 @@ budget exact: it never starts a trial that could take the study past ``n_trials`
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import time
@@ -17,6 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.recovery import (
+    HEARTBEAT_SECONDS,
+    OWNER_ATTR,
+    budget_lock,
+    owner_id,
+    queue_rerun,
+    record_heartbeats,
+)
 from orchestrator.study import (
     DEVICE_ATTR,
     EPOCHS_ATTR,
@@ -78,6 +87,9 @@ class StudySession:
         timeout: seconds after which no trial starts, or None.
         checkpoint_root: the study's checkpoint folder, or None for no checkpoints.
         max_failures: failed trials after which the study stops, or None.
+        keep_best_checkpoint: keep the best trial's checkpoint (the others are removed).
+        shared: other processes (``ftsweep worker`` on other machines) run trials of this study
+            at the same time: the budget is counted in the database, under a lock.
     """
 
     def __init__(
@@ -91,6 +103,7 @@ class StudySession:
         checkpoint_root: Path | None,
         max_failures: int | None = None,
         keep_best_checkpoint: bool = True,
+        shared: bool = False,
     ) -> None:
         self.plan = plan
         self.study = study
@@ -101,6 +114,9 @@ class StudySession:
         self.checkpoint_root = checkpoint_root
         self.max_failures = max_failures
         self.keep_best_checkpoint = keep_best_checkpoint
+        self.shared = shared
+        self.owner = owner_id()
+        self._last_heartbeat = 0.0
         self.metric = plan.sweep.study.metric
         self.maximize = plan.sweep.study.direction == "maximize"
         self.in_flight: dict[int, TrialHandle] = {}
@@ -144,7 +160,40 @@ class StudySession:
         if self.deadline is not None and time.monotonic() >= self.deadline:
             self.stop_reason = "timeout"
             return False
+        if self.shared:
+            return self._shared_room() > 0
         return self.remaining > 0
+
+    def _shared_room(self) -> int:
+        """Trials this process may start, counted in the database across every worker."""
+        from optuna.trial import TrialState
+
+        trials = self.study.get_trials(deepcopy=False)
+        self._counted = sum(1 for trial in trials if counts_toward_budget(trial))
+        self.progress.already = self._counted - self.progress.finished
+        if any(trial.state == TrialState.WAITING for trial in trials):
+            return 1
+        running = sum(1 for trial in trials if trial.state == TrialState.RUNNING)
+        return self.n_trials - self._counted - running
+
+    def start_trial(self, device: str) -> TrialHandle | None:
+        """A new trial, or None when the budget, the timeout or a stop forbids one.
+
+        Counting and asking happen under one lock when the study is shared, so that workers on
+        several machines never start more than the budget between them.
+        """
+        with budget_lock(self.study._storage, self.study.study_name) if self.shared else contextlib.nullcontext():
+            if not self.can_start():
+                return None
+            return self.ask(device)
+
+    def heartbeat(self, force: bool = False) -> None:
+        """Renew the heartbeat of every trial in flight (at most every HEARTBEAT_SECONDS)."""
+        now = time.monotonic()
+        if not force and now - self._last_heartbeat < HEARTBEAT_SECONDS:
+            return
+        self._last_heartbeat = now
+        record_heartbeats(self.study._storage, [handle.trial._trial_id for handle in self.in_flight.values()])
 
     def request_stop(self, reason: str) -> None:
         if self.stop_reason is None:
@@ -164,6 +213,8 @@ class StudySession:
         rerun_of = trial.user_attrs.get(RERUN_OF_ATTR)
         previous_run_id = trial.user_attrs.get(RUN_ID_ATTR)
         trial.set_user_attr(DEVICE_ATTR, device)
+        trial.set_user_attr(OWNER_ATTR, self.owner)
+        record_heartbeats(self.study._storage, [trial._trial_id])
         run = self.tracker.start_trial(trial.number, params, device, run_id=previous_run_id) if self.tracker else None
         checkpoint_dir = self.checkpoint_root / f"trial-{trial.number}" if self.checkpoint_root else None
         handle = TrialHandle(trial, params, device, run, checkpoint_dir, rerun_of=rerun_of)
@@ -255,6 +306,9 @@ class StudySession:
 
         self._attach(handle, reason=f"interrupted: {reason}", interrupted=True)
         self.study.tell(handle.trial, state=TrialState.FAIL)
+        # Queued at once, so that another worker (or `resume`) picks it up: never left RUNNING.
+        storage = self.study._storage
+        queue_rerun(self.study, storage.get_trial(handle.trial._trial_id))
         self.n_interrupted += 1
         self.in_flight.pop(handle.number, None)
         self.progress.running = len(self.in_flight)

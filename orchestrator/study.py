@@ -249,34 +249,3 @@ def _version() -> str:
     except Exception:  # noqa: BLE001 - running from a source tree without metadata
         return "unknown"
 
-
-def recover_interrupted(study: optuna.Study) -> list[int]:
-    """Mark trials left RUNNING as interrupted and queue a re-run of every interrupted trial.
-
-    A re-run is a new trial with the same parameters, enqueued with a reference to the one it
-    replaces (``rerun_of``) and that trial's MLflow run, so its run continues. Each interrupted
-    trial is queued once, however many times a study is resumed.
-
-    Returns:
-        the numbers of the trials queued for a re-run.
-    """
-    from optuna.trial import TrialState
-
-    storage = study._storage
-    trials = study.get_trials(deepcopy=False)
-    for trial in trials:
-        if trial.state == TrialState.RUNNING:
-            storage.set_trial_user_attr(trial._trial_id, INTERRUPTED_ATTR, True)
-            storage.set_trial_user_attr(trial._trial_id, REASON_ATTR, "interrupted: its process died while it ran")
-            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-    trials = study.get_trials(deepcopy=False)
-    already = {t.user_attrs.get(RERUN_OF_ATTR) for t in trials if t.user_attrs.get(RERUN_OF_ATTR) is not None}
-    queued = []
-    for trial in trials:
-        if trial.state == TrialState.FAIL and trial.user_attrs.get(INTERRUPTED_ATTR) and trial.number not in already:
-            attrs = {RERUN_OF_ATTR: trial.number}
-            if trial.user_attrs.get(RUN_ID_ATTR):
-                attrs[RUN_ID_ATTR] = trial.user_attrs[RUN_ID_ATTR]
-            study.enqueue_trial(trial.params, user_attrs=attrs, skip_if_exists=False)
-            queued.append(trial.number)
-    return queued

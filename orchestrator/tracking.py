@@ -129,8 +129,16 @@ class StudyTracker:
         def work() -> str:
             client = self._client
             if run_id is not None:
+                from mlflow.entities import RunTag
+
+                previous = client.get_run(run_id).data.tags.get(TRIAL_TAG, "")
                 client.update_run(run_id, status="RUNNING")
-                client.set_tag(run_id, STATE_TAG, "RUNNING")
+                client.log_batch(run_id, tags=[
+                    RunTag(STATE_TAG, "RUNNING"),
+                    RunTag(TRIAL_TAG, str(number)),
+                    RunTag("ftsweep.earlier_trial_numbers", previous),
+                    RunTag(DEVICE_TAG, device),
+                ])
                 return run_id
             run = client.create_run(
                 self._experiment_id,
@@ -206,9 +214,12 @@ class StudyTracker:
         timestamp = _now_ms()
         self._submit(lambda: self._client.log_batch(self.parent_run_id, metrics=_metrics(metrics, None, timestamp)))
 
-    def close(self, status: str = "FINISHED") -> list[str]:
-        """Write everything queued, mark the parent run, and return the errors met on the way."""
-        if self.parent_run_id is not None and self._client is not None:
+    def log_artifacts(self, run_id: str, folder: Path, artifact_path: str) -> None:
+        self._submit(lambda: self._client.log_artifacts(run_id, str(folder), artifact_path))
+
+    def close(self, status: str | None = "FINISHED") -> list[str]:
+        """Write everything queued, mark the parent run (unless ``status`` is None), return the errors met."""
+        if status is not None and self.parent_run_id is not None and self._client is not None:
             self._submit(lambda: self._client.set_terminated(self.parent_run_id, status=status))
         self._executor.shutdown(wait=True)
         return list(self._errors)

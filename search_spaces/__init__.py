@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orchestrator.config import describe_validation_error, read_yaml_mapping
 from orchestrator.errors import ConfigError
@@ -43,6 +43,17 @@ class ParamSpec(BaseModel):
     log: bool = False
     choices: list[Any] | None = None
     when: dict[str, list[Any]] | None = Field(None, description="Sample only when these parameters hold these values.")
+
+    @field_validator("low", "high", mode="before")
+    @classmethod
+    def _numeric_text(cls, value: Any) -> Any:
+        # YAML 1.1 reads 1e-5 (no dot) as a string; it is a number to anyone writing it.
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                return value
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> ParamSpec:
@@ -234,9 +245,11 @@ def parse_search_space(data: dict[str, Any], source: str) -> SearchSpace:
     """Validate a search-space mapping; every problem is collected into one ConfigError."""
     problems: list[str] = []
     specs: dict[str, ParamSpec] = {}
+    seen: set[str] = set()
     if not data:
         raise ConfigError("the search space is empty; give at least one parameter", source=source)
     for name, body in data.items():
+        seen.add(str(name))
         if not isinstance(body, Mapping):
             problems.append(f"{name}: expected a mapping such as {{type: float, low: 0.0, high: 0.5}}, got {body!r}")
             continue
@@ -248,7 +261,7 @@ def parse_search_space(data: dict[str, Any], source: str) -> SearchSpace:
         for condition, allowed in (spec.when or {}).items():
             if condition == name:
                 problems.append(f"{name}.when: a parameter cannot depend on itself")
-            elif condition in data and condition not in specs:
+            elif condition in data and condition not in seen:
                 problems.append(f"{name}.when: {condition!r} must be declared before {name!r}")
             elif condition in specs and specs[condition].type == "categorical":
                 unknown = [value for value in allowed if value not in (specs[condition].choices or [])]

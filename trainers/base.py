@@ -134,7 +134,7 @@ class BaseTrainer(ABC):
         self.settings = settings
         self.base_dir = Path(base_dir)
 
-    def check(self) -> None:
+    def check(self) -> None:  # noqa: B027 - optional hook, deliberately empty
         """Check, in the driver, that the data and the model can be used.
 
         Raises:
@@ -146,14 +146,20 @@ class BaseTrainer(ABC):
         return {}
 
     def fixed_params(self) -> dict[str, Any]:
-        """Parameter values the settings fix (``trainer.epochs`` is the parameter ``epochs``)."""
+        """Parameter values the sweep file fixes through settings (``trainer.epochs`` is the parameter ``epochs``).
+
+        Only keys the file sets: a setting's default must not hide the parameter from a search space.
+        """
         values = self.settings.model_dump()
-        return {key: values[key] for key in self.settings_as_params if values.get(key) is not None}
+        given = self.settings.model_fields_set
+        return {key: values[key] for key in self.settings_as_params if key in given and values.get(key) is not None}
 
     def max_epochs(self, params: Mapping[str, Any]) -> int | None:
         """How many epochs a trial with these parameters reports at most (pruners use it)."""
         value = params.get("epochs")
-        return int(value) if value is not None else None
+        if value is None and "epochs" in self.Params.model_fields:
+            value = self.Params.model_fields["epochs"].default
+        return int(value) if isinstance(value, int | float) else None
 
     @abstractmethod
     def run(self, ctx: TrialContext) -> dict[str, float]:

@@ -17,6 +17,7 @@ import contextlib
 import multiprocessing
 import signal
 import sys
+import time
 import types
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -77,14 +78,20 @@ class LocalBackend:
         context = process_context(tuple(plan.trainer_cls.preload_modules) + _user_module(plan.sweep.trainer.name))
         free = list(self.slots)
         running: dict[Connection, _Running] = {}
+        retry_at = 0.0
         previous = self._install_signal_handlers(session)
         session.progress.start()
         try:
             while True:
-                while free and session.can_start():
-                    slot = free.pop(0)
-                    entry = self._launch(context, session, slot)
+                while free and time.monotonic() >= retry_at:
+                    handle = session.start_trial(free[0].label)
+                    if handle is None:
+                        # A shared study asks the database: do not poll it on every loop.
+                        retry_at = time.monotonic() + (5.0 if session.shared and running else 0.0)
+                        break
+                    entry = self._launch(context, session, handle, free.pop(0))
                     running[entry.conn] = entry
+                session.heartbeat()
                 if not running:
                     break
                 if self._interrupts >= 2:
@@ -100,6 +107,7 @@ class LocalBackend:
                     if entry is None or entry.conn not in running:
                         continue
                     if self._handle(session, entry):
+                        retry_at = 0.0
                         del running[entry.conn]
                         free.append(entry.slot)
                         free.sort(key=lambda s: s.index)
@@ -112,8 +120,7 @@ class LocalBackend:
                     entry.process.kill()
 
     # -- processes --
-    def _launch(self, context: Any, session: StudySession, slot: Slot) -> _Running:
-        handle = session.ask(slot.label)
+    def _launch(self, context: Any, session: StudySession, handle: TrialHandle, slot: Slot) -> _Running:
         sweep = session.plan.sweep
         job = TrialJob(
             trial_number=handle.number,
