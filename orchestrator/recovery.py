@@ -28,6 +28,13 @@ if TYPE_CHECKING:
 HEARTBEAT_SECONDS = 15
 GRACE_SECONDS = 90
 OWNER_ATTR = "owner"
+ATTEMPT_ATTR = "attempt"
+#: A trial interrupted this many times (e.g. killed by the OOM killer each time) fails instead.
+MAX_ATTEMPTS = 3
+
+
+def attempt_of(trial: Any) -> int:
+    return int(trial.user_attrs.get(ATTEMPT_ATTR, 1))
 
 
 def owner_id() -> str:
@@ -100,7 +107,7 @@ def mark_interrupted(storage: Any, trial: optuna.trial.FrozenTrial, reason: str)
 
 def queue_rerun(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     """Queue a trial with the same parameters that continues ``trial`` (its checkpoint, its MLflow run)."""
-    attrs: dict[str, Any] = {RERUN_OF_ATTR: trial.number}
+    attrs: dict[str, Any] = {RERUN_OF_ATTR: trial.number, ATTEMPT_ATTR: attempt_of(trial) + 1}
     if trial.user_attrs.get(RUN_ID_ATTR):
         attrs[RUN_ID_ATTR] = trial.user_attrs[RUN_ID_ATTR]
     study.enqueue_trial(trial.params, user_attrs=attrs, skip_if_exists=False)

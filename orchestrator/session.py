@@ -20,7 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.recovery import (
     HEARTBEAT_SECONDS,
+    MAX_ATTEMPTS,
     OWNER_ATTR,
+    attempt_of,
     budget_lock,
     owner_id,
     queue_rerun,
@@ -58,6 +60,7 @@ class TrialHandle:
     last_metrics: dict[str, float] = field(default_factory=dict)
     rerun_of: int | None = None
     known_epochs: set[int] = field(default_factory=set)
+    run_attached: bool = False
 
     @property
     def number(self) -> int:
@@ -194,6 +197,18 @@ class StudySession:
             return
         self._last_heartbeat = now
         record_heartbeats(self.study._storage, [handle.trial._trial_id for handle in self.in_flight.values()])
+        for handle in self.in_flight.values():
+            self._attach_run_id(handle)
+
+    def _attach_run_id(self, handle: TrialHandle, wait: bool = False) -> None:
+        """The MLflow run id goes on the trial as soon as the run exists, so a re-run after a crash finds it."""
+        if handle.run is None or handle.run_attached or not (wait or handle.run.done()):
+            return
+        try:
+            handle.trial.set_user_attr(RUN_ID_ATTR, handle.run.result(timeout=120))
+        except Exception:  # noqa: BLE001 - a tracking failure is reported by the tracker, not here
+            return
+        handle.run_attached = True
 
     def request_stop(self, reason: str) -> None:
         if self.stop_reason is None:
@@ -218,6 +233,7 @@ class StudySession:
         run = self.tracker.start_trial(trial.number, params, device, run_id=previous_run_id) if self.tracker else None
         checkpoint_dir = self.checkpoint_root / f"trial-{trial.number}" if self.checkpoint_root else None
         handle = TrialHandle(trial, params, device, run, checkpoint_dir, rerun_of=rerun_of)
+        handle.run_attached = previous_run_id is not None
         if rerun_of is not None:
             self._continue_from(handle, rerun_of)
         self.in_flight[trial.number] = handle
@@ -245,6 +261,7 @@ class StudySession:
         """
         handle.epochs = max(handle.epochs, epoch)
         handle.last_metrics = metrics
+        self._attach_run_id(handle)
         if epoch in handle.known_epochs:
             return handle.trial.should_prune()
         handle.known_epochs.add(epoch)
@@ -301,9 +318,15 @@ class StudySession:
             self.request_stop(f"{self._failed} trials failed (study.max_failures is {self.max_failures}); first error: {self.first_error}")
 
     def interrupt(self, handle: TrialHandle, reason: str) -> None:
-        """The trial was stopped from outside; it is failed as interrupted and ``resume`` re-runs it."""
+        """The trial was stopped from outside; it is failed as interrupted and re-queued with its parameters.
+
+        A trial interrupted MAX_ATTEMPTS times fails for good (a process the OOM killer keeps killing).
+        """
         from optuna.trial import TrialState
 
+        if attempt_of(handle.trial) >= MAX_ATTEMPTS:
+            self.fail(handle, f"interrupted {MAX_ATTEMPTS} times; last: {reason}")
+            return
         self._attach(handle, reason=f"interrupted: {reason}", interrupted=True)
         self.study.tell(handle.trial, state=TrialState.FAIL)
         # Queued at once, so that another worker (or `resume`) picks it up: never left RUNNING.
@@ -319,11 +342,7 @@ class StudySession:
     def _attach(self, handle: TrialHandle, *, reason: str | None = None, epochs: int | None = None, interrupted: bool = False) -> None:
         """User attributes written before ``tell`` (a finished trial's attributes cannot change)."""
         trial = handle.trial
-        if handle.run is not None and RUN_ID_ATTR not in trial.user_attrs:
-            try:
-                trial.set_user_attr(RUN_ID_ATTR, handle.run.result(timeout=120))
-            except Exception:  # noqa: BLE001 - a tracking failure is reported by the tracker, not here
-                pass
+        self._attach_run_id(handle, wait=True)
         trial.set_user_attr(EPOCHS_ATTR, epochs if epochs is not None else handle.epochs)
         if reason:
             trial.set_user_attr(REASON_ATTR, reason)

@@ -19,12 +19,14 @@ class FaultSettings(StrictModel):
     sleep_seconds: float = 0.0
     fail_trials: list[int] = Field(default_factory=list)
     nan_trials: list[int] = Field(default_factory=list)
+    oom_trials: list[int] = Field(default_factory=list)
 
 
 class FaultParams(StrictModel):
     x: float = 0.0
     epochs: int = 3
     sleep_seconds: float = 0.0
+    gradient_accumulation_steps: int = 1
 
 
 class FaultTrainer(BaseTrainer):
@@ -36,10 +38,18 @@ class FaultTrainer(BaseTrainer):
 
     def run(self, ctx: TrialContext) -> dict[str, float]:
         settings: FaultSettings = self.settings  # type: ignore[assignment]
-        state = ctx.load_checkpoint() or {"epoch": 0, "history": []}
+        state = ctx.load_checkpoint()
+        if state is not None:
+            print(f"resuming after epoch {state['epoch']}", flush=True)
+        state = state or {"epoch": 0, "history": []}
         score = 0.0
         for epoch in range(state["epoch"] + 1, ctx.params["epochs"] + 1):
+            print(f"epoch {epoch} starts", flush=True)
             time.sleep(ctx.params["sleep_seconds"])
+            if ctx.trial_number in settings.oom_trials and ctx.params["gradient_accumulation_steps"] == 1:
+                import torch
+
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated on purpose)")
             if ctx.trial_number in settings.fail_trials and epoch == 2:
                 raise RuntimeError(f"trial {ctx.trial_number} broke on purpose")
             score = -((ctx.params["x"] - 1.0) ** 2) + 0.1 * epoch

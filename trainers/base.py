@@ -74,14 +74,20 @@ class TrialContext:
     metric: str | None = None
     direction: str = "maximize"
     logger: Callable[[str], None] = field(default=lambda message: None)
+    _reports: list[tuple[int, dict[str, float]]] = field(default_factory=list, repr=False)
 
     def report(self, epoch: int, metrics: Mapping[str, float]) -> None:
-        """Report one epoch's metrics (epochs count from 1).
+        """Report one epoch's metrics (epochs count from 1). Call it after ``save_checkpoint``.
 
         Raises:
             TrialPruned: when the study (pruner) says this trial should stop.
         """
         values = {key: float(value) for key, value in metrics.items()}
+        if self.checkpoint_dir is not None:
+            from trainers.checkpoint import save_reports
+
+            self._reports.append((int(epoch), values))
+            save_reports(self.checkpoint_dir, self._reports)
         if self.reporter is not None and self.reporter(epoch, values):
             raise TrialPruned(f"pruned after epoch {epoch}")
 
@@ -94,12 +100,27 @@ class TrialContext:
         save_checkpoint(self.checkpoint_dir, state)
 
     def load_checkpoint(self) -> dict[str, Any] | None:
-        """The state last saved for this trial, or None when there is none."""
+        """The state last saved for this trial, or None when there is none.
+
+        A trial that continues from a checkpoint first replays the epochs it had reported, so
+        that the study sees every epoch exactly once even when the process died between
+        saving an epoch and reporting it.
+
+        Raises:
+            TrialPruned: when the replayed epochs already condemn the trial.
+        """
         if self.checkpoint_dir is None:
             return None
-        from trainers.checkpoint import load_checkpoint
+        from trainers.checkpoint import load_checkpoint, load_reports
 
-        return load_checkpoint(self.checkpoint_dir)
+        state = load_checkpoint(self.checkpoint_dir)
+        if state is None:
+            return None
+        self._reports = load_reports(self.checkpoint_dir)
+        for epoch, values in self._reports:
+            if self.reporter is not None and self.reporter(epoch, values):
+                raise TrialPruned(f"pruned after epoch {epoch}")
+        return state
 
     def log(self, message: str) -> None:
         self.logger(message)

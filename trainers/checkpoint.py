@@ -19,6 +19,7 @@ from typing import Any
 
 TORCH_FILE = "state.pt"
 PICKLE_FILE = "state.pkl"
+REPORTS_FILE = "reports.json"
 
 
 def save_checkpoint(folder: Path, state: Mapping[str, Any]) -> Path:
@@ -60,3 +61,23 @@ def load_checkpoint(folder: Path) -> dict[str, Any] | None:
 
 def checkpoint_exists(folder: Path) -> bool:
     return (Path(folder) / TORCH_FILE).exists() or (Path(folder) / PICKLE_FILE).exists()
+
+
+def save_reports(folder: Path, reports: list[tuple[int, dict[str, float]]]) -> None:
+    """The epochs a trial has reported, next to its checkpoint (written atomically)."""
+    import json
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    temporary = folder / f".{REPORTS_FILE}.tmp"
+    temporary.write_text(json.dumps([[epoch, metrics] for epoch, metrics in reports]), encoding="utf-8")
+    os.replace(temporary, folder / REPORTS_FILE)
+
+
+def load_reports(folder: Path) -> list[tuple[int, dict[str, float]]]:
+    import json
+
+    path = Path(folder) / REPORTS_FILE
+    if not path.exists():
+        return []
+    return [(int(epoch), dict(metrics)) for epoch, metrics in json.loads(path.read_text(encoding="utf-8"))]

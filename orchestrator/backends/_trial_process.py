@@ -47,8 +47,15 @@ class TrialJob:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def trial_main(conn: Connection, job: TrialJob) -> None:
-    """Entry point of a trial process."""
+def trial_main(conn: Connection, job: TrialJob, lifeline: Connection | None = None) -> None:
+    """Entry point of a trial process.
+
+    Args:
+        conn: the pipe to the driver.
+        job: what to run.
+        lifeline: the read end of a pipe whose write end only the driver holds: when the driver
+            dies, it reads end-of-file and the trial exits at once, losing only its epoch in flight.
+    """
     # Ctrl-C reaches every process of the terminal's group; the driver alone decides what it means.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     stop_requested = False
@@ -58,6 +65,8 @@ def trial_main(conn: Connection, job: TrialJob) -> None:
         stop_requested = True
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    if lifeline is not None:
+        _watch_lifeline(lifeline)
     os.environ.update(job.environment)
     _redirect_output(job.log_path)
 
@@ -106,7 +115,26 @@ def run_job(job: TrialJob, reporter: Any) -> tuple[Any, ...]:
             logger=lambda line: print(line, flush=True),
         )
         print(f"trial {job.trial_number} on {job.device}: {params}", flush=True)
-        result = trainer.run(context)
+        try:
+            result = trainer.run(context)
+        except Exception as error:
+            if not _is_out_of_memory(error) or "gradient_accumulation_steps" not in params:
+                raise
+            # Once: half the per-step batch, twice the accumulation, the same effective batch.
+            params["gradient_accumulation_steps"] = int(params["gradient_accumulation_steps"]) * 2
+            context.params = trainer_cls.Params.model_validate(params).model_dump()
+            print(f"out of memory ({error}); retrying with gradient_accumulation_steps="
+                  f"{params['gradient_accumulation_steps']}", flush=True)
+            _free_accelerator_memory()
+            try:
+                result = trainer.run(context)
+            except Exception as again:
+                if _is_out_of_memory(again):
+                    raise RuntimeError(
+                        f"out of memory even with the per-step batch halved "
+                        f"(gradient_accumulation_steps={params['gradient_accumulation_steps']}): {again}"
+                    ) from again
+                raise
         return ("complete", {key: float(value) for key, value in (result or {}).items()})
     except TrialPruned as error:
         return ("pruned", str(error) or "pruned")
@@ -122,6 +150,31 @@ def run_job(job: TrialJob, reporter: Any) -> tuple[Any, ...]:
         print(text, file=sys.stderr, flush=True)
         reason = f"{type(error).__name__}: {error}".strip().splitlines()[0][:500]
         return ("failed", reason, text)
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    return type(error).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(error)
+
+
+def _free_accelerator_memory() -> None:
+    import gc
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _watch_lifeline(lifeline: Connection) -> None:
+    import threading
+
+    def watch() -> None:
+        try:
+            lifeline.poll(None)  # returns at end-of-file: the driver is gone
+        finally:
+            os._exit(3)
+
+    threading.Thread(target=watch, name="ftsweep-lifeline", daemon=True).start()
 
 
 def _limit_threads(n_threads: int) -> None:

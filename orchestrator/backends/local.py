@@ -54,7 +54,12 @@ class _Running:
     process: Any
     conn: Connection
     slot: Slot
+    lifeline: Connection
     stop_sent: bool = False
+
+    def close(self) -> None:
+        self.conn.close()
+        self.lifeline.close()
 
 
 class LocalBackend:
@@ -74,6 +79,8 @@ class LocalBackend:
 
     def run(self, session: StudySession) -> None:
         """Run trials until the budget, the timeout or a stop ends the session."""
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
         plan = session.plan
         context = process_context(tuple(plan.trainer_cls.preload_modules) + _user_module(plan.sweep.trainer.name))
         free = list(self.slots)
@@ -137,11 +144,18 @@ class LocalBackend:
             log_path=str(self.log_dir / f"trial-{handle.number}.log") if self.log_dir else None,
         )
         parent_end, child_end = context.Pipe(duplex=True)
-        process = context.Process(target=trial_main, args=(child_end, job), name=f"ftsweep-trial-{handle.number}")
+        lifeline_read, lifeline_write = context.Pipe(duplex=False)
+        process = context.Process(
+            target=trial_main, args=(child_end, job, lifeline_read), name=f"ftsweep-trial-{handle.number}"
+        )
         with _main_module_hidden():
             process.start()
         child_end.close()
-        return _Running(handle, process, parent_end, slot)
+        lifeline_read.close()
+        if self.log_dir is not None:
+            # So that a person (or a test) can find and signal one trial's process.
+            (self.log_dir / f"trial-{handle.number}.pid").write_text(str(process.pid))
+        return _Running(handle, process, parent_end, slot, lifeline_write)
 
     def _handle(self, session: StudySession, entry: _Running) -> bool:
         """Process what the trial sent; True when the trial is over."""
@@ -171,10 +185,13 @@ class LocalBackend:
         code = entry.process.exitcode
         if self._interrupts:
             session.interrupt(entry.handle, f"the trial process was stopped (exit code {code})")
+        elif code is not None and code < 0:
+            # Killed from outside (a signal): re-run it from its checkpoint, as after a dead node.
+            session.interrupt(entry.handle, _death_reason(code))
         else:
             reason = _death_reason(code)
             session.fail(entry.handle, reason, f"{reason}\nSee the trial's log: {self.log_dir}/trial-{entry.handle.number}.log")
-        entry.conn.close()
+        entry.close()
         return True
 
     def _finish(self, session: StudySession, entry: _Running, message: tuple[Any, ...]) -> None:
@@ -191,7 +208,7 @@ class LocalBackend:
         entry.process.join(timeout=30)
         if entry.process.is_alive():
             entry.process.kill()
-        entry.conn.close()
+        entry.close()
 
     def _kill_all(self, session: StudySession, running: dict[Connection, _Running], free: list[Slot]) -> None:
         for entry in list(running.values()):
@@ -199,7 +216,7 @@ class LocalBackend:
                 entry.process.kill()
             entry.process.join(timeout=10)
             session.interrupt(entry.handle, "killed by a second Ctrl-C")
-            entry.conn.close()
+            entry.close()
             free.append(entry.slot)
         running.clear()
 
