@@ -50,6 +50,20 @@ def _add_storage(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_backend(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=("local", "ray"), help="where trials run (overrides execution.backend)")
+    parser.add_argument("--ray-address", help="an existing Ray cluster, e.g. auto (overrides execution.ray_address)")
+
+
+def _backend_overrides(args: argparse.Namespace) -> list[str]:
+    overrides = []
+    if args.backend:
+        overrides.append(f"execution.backend={args.backend}")
+    if args.ray_address:
+        overrides.append(f"execution.ray_address={args.ray_address}")
+    return overrides
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ftsweep",
@@ -67,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a key of the sweep file, e.g. --set trainer.epochs=2 (repeatable)")
     run.add_argument("--storage", help="storage URL (overrides study.storage)")
+    _add_backend(run)
     run.set_defaults(handler=cmd_run)
 
     resume = verbs.add_parser("resume", help="continue an interrupted study to its budget")
@@ -78,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--sweep", dest="sweep_file", help="continue with this sweep file instead of the stored one")
     resume.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a key of the stored sweep file (repeatable)")
+    _add_backend(resume)
     resume.add_argument("--force", action="store_true",
                         help="accept a sweep file whose search space or trainer differ from the stored one")
     resume.set_defaults(handler=cmd_resume)
@@ -115,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.config import load_sweep
 
-    overrides = list(args.overrides)
+    overrides = list(args.overrides) + _backend_overrides(args)
     if args.storage:
         overrides.append(f"study.storage={args.storage}")
     sweep = load_sweep(args.sweep_file, overrides)
@@ -130,7 +146,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     outcome = resume_study(
         args.study_name, args.storage, n_trials=args.n_trials, workers=args.workers, timeout=args.timeout,
-        sweep_file=args.sweep_file, overrides=args.overrides, force=args.force,
+        sweep_file=args.sweep_file, overrides=args.overrides + _backend_overrides(args), force=args.force,
     )
     return _finish(outcome)
 

@@ -61,7 +61,17 @@ def checkpoint_root(sweep: Sweep) -> Path:
 
 
 def worker_slots(sweep: Sweep, workers: int | str | None) -> list[Slot]:
+    """This machine's worker slots; none on the ray backend, where Ray places the trials."""
+    if sweep.execution.backend == "ray":
+        return []
     return plan_slots(visible_gpu_ids(), sweep.execution.gpus_per_trial, workers or sweep.execution.workers)
+
+
+def concurrency(sweep: Sweep, slots: list[Slot]) -> int:
+    """How many trials may be in flight at once (the TPE sampler's constant liar needs to know)."""
+    if sweep.execution.backend == "ray":
+        return sweep.execution.max_concurrent_trials or 2
+    return len(slots)
 
 
 def default_max_failures(n_trials: int) -> int:
@@ -89,17 +99,12 @@ def run_sweep(
     Raises:
         UserError: for any mistake in the sweep, the data, the model or the storage, before any trial runs.
     """
-    if sweep.execution.backend != "local":
-        raise ConfigError(
-            f"execution.backend: {sweep.execution.backend!r} is not available in this version; use 'local'",
-            source=sweep.source,
-        )
     plan = plan_sweep(sweep)
     slots = worker_slots(sweep, workers)
     budget = effective_budget(plan, n_trials or sweep.study.n_trials)
     storage = open_storage(sweep.storage_url)
     tracker = _open_tracker(sweep)
-    sampler = make_sampler(sweep, plan.space, len(slots))
+    sampler = make_sampler(sweep, plan.space, concurrency(sweep, slots))
     pruner = make_pruner(sweep, plan.max_epochs)
     study = create_study(sweep, storage, sampler, pruner)
     return _run_session(
@@ -127,8 +132,6 @@ def _run_session(
     live: bool | None,
     shared: bool = False,
 ) -> RunOutcome:
-    from orchestrator.backends.local import LocalBackend
-
     sweep = plan.sweep
     work_dir = study_work_dir(sweep)
     if tracker is not None:
@@ -147,12 +150,15 @@ def _run_session(
         keep_best_checkpoint=sweep.execution.keep_best_checkpoint,
         shared=shared,
     )
+    if slots:
+        where = f"{len(slots)} worker{'s' if len(slots) != 1 else ''} [{'; '.join(s.label for s in slots)}]"
+    else:
+        where = f"Ray ({sweep.execution.ray_address or 'a local Ray'})"
     progress.say(
-        f"study {sweep.study.name!r}: {budget} trials ({session.n_counted} already finished) on "
-        f"{len(slots)} worker{'s' if len(slots) != 1 else ''} [{'; '.join(s.label for s in slots)}]; "
+        f"study {sweep.study.name!r}: {budget} trials ({session.n_counted} already finished) on {where}; "
         f"storage {sweep.storage_url}" + (f"; MLflow {sweep.tracking_uri}" if tracker else "")
     )
-    backend = LocalBackend(slots, log_dir=work_dir / "logs")
+    backend = make_backend(sweep, slots, work_dir)
     status: str | None = "FAILED"
     try:
         backend.run(session)
@@ -164,6 +170,19 @@ def _run_session(
     finally:
         errors = tracker.close(status) if tracker is not None else []
     return RunOutcome(sweep.study.name, sweep.storage_url, session.result(), budget, session.n_counted, errors, work_dir)
+
+
+def make_backend(sweep: Sweep, slots: list[Slot], work_dir: Path) -> Any:
+    """The backend ``execution.backend`` names."""
+    if sweep.execution.backend == "ray":
+        try:
+            from orchestrator.backends.ray import RayBackend
+        except ImportError as error:
+            raise ConfigError("execution.backend: ray needs Ray Tune: pip install 'ftsweep[ray]'") from error
+        return RayBackend(sweep.execution.ray_address, work_dir)
+    from orchestrator.backends.local import LocalBackend
+
+    return LocalBackend(slots, log_dir=work_dir / "logs")
 
 
 def _study_params(plan: SweepPlan, budget: int, slots: list[Slot]) -> dict[str, Any]:
@@ -283,7 +302,7 @@ def resume_study(
     recovered = recover(study)
     if recovered:
         print(f"re-running interrupted trial(s) {recovered} with the same parameters", file=sys.stderr)
-    sampler = make_sampler(sweep, plan.space, len(slots), seed_offset=len(study.trials))
+    sampler = make_sampler(sweep, plan.space, concurrency(sweep, slots), seed_offset=len(study.trials))
     study = load_study(study_name, storage, sampler=sampler, pruner=make_pruner(sweep, plan.max_epochs))
     return _run_session(
         plan, study, tracker, slots, budget, timeout or sweep.study.timeout, live, shared=is_shared_storage(url)

@@ -240,6 +240,13 @@ class StudySession:
         self.progress.running = len(self.in_flight)
         return handle
 
+    def set_device(self, handle: TrialHandle, device: str) -> None:
+        """Where the trial really runs, once the backend knows (Ray places trials after they start)."""
+        handle.device = device
+        handle.trial.set_user_attr(DEVICE_ATTR, device)
+        if self.tracker and handle.run is not None:
+            self.tracker.set_device(handle.run, device)
+
     def _continue_from(self, handle: TrialHandle, number: int) -> None:
         """A re-run takes over the interrupted trial's checkpoint and its reported epochs."""
         storage = self.study._storage

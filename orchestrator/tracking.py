@@ -157,6 +157,9 @@ class StudyTracker:
 
         return self._executor.submit(work)
 
+    def set_device(self, run: Future[str], device: str) -> None:
+        self._submit(lambda: self._client.set_tag(run.result(), DEVICE_TAG, device))
+
     def log_epoch(self, run: Future[str], epoch: int, metrics: Mapping[str, float]) -> None:
         """One epoch's metrics, step = epoch, in one call."""
         timestamp = _now_ms()

@@ -162,6 +162,10 @@ class BaseTrainer(ABC):
             orchestrator.errors.UserError: naming the file and the field at fault.
         """
 
+    def input_paths(self) -> list[Path]:
+        """Local files and folders every trial reads (data, model): on a cluster, every node must see them."""
+        return []
+
     def symbols(self) -> dict[str, float]:
         """Names a search space may use as a bound, e.g. ``num_layers`` for ``freeze_depth``."""
         return {}

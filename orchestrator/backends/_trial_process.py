@@ -15,7 +15,10 @@ import traceback
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from orchestrator.session import StudySession, TrialHandle
 
 CONTINUE, PRUNE, STOP = "continue", "prune", "stop"
 
@@ -45,6 +48,33 @@ class TrialJob:
     checkpoint_dir: str | None
     log_path: str | None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def make_job(
+    session: StudySession,
+    handle: TrialHandle,
+    *,
+    environment: dict[str, str],
+    device: str,
+    n_threads: int,
+    log_path: str | None,
+) -> TrialJob:
+    """The job for a trial the session has just started."""
+    sweep = session.plan.sweep
+    return TrialJob(
+        trial_number=handle.number,
+        trainer_name=sweep.trainer.name,
+        settings=sweep.trainer_settings(),
+        base_dir=str(sweep.base_dir),
+        params=handle.params,
+        environment=environment,
+        device=device,
+        n_threads=n_threads,
+        metric=sweep.study.metric,
+        direction=sweep.study.direction,
+        checkpoint_dir=str(handle.checkpoint_dir) if handle.checkpoint_dir else None,
+        log_path=log_path,
+    )
 
 
 def trial_main(conn: Connection, job: TrialJob, lifeline: Connection | None = None) -> None:

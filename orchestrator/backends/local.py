@@ -25,7 +25,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
-from orchestrator.backends._trial_process import CONTINUE, PRUNE, STOP, TrialJob, trial_main
+from orchestrator.backends._trial_process import CONTINUE, PRUNE, STOP, make_job, trial_main
 from orchestrator.devices import Slot
 from orchestrator.session import StudySession, TrialHandle
 
@@ -128,19 +128,12 @@ class LocalBackend:
 
     # -- processes --
     def _launch(self, context: Any, session: StudySession, handle: TrialHandle, slot: Slot) -> _Running:
-        sweep = session.plan.sweep
-        job = TrialJob(
-            trial_number=handle.number,
-            trainer_name=sweep.trainer.name,
-            settings=sweep.trainer_settings(),
-            base_dir=str(sweep.base_dir),
-            params=handle.params,
+        job = make_job(
+            session,
+            handle,
             environment=slot.environment(),
             device=slot.device,
             n_threads=slot.n_threads,
-            metric=sweep.study.metric,
-            direction=sweep.study.direction,
-            checkpoint_dir=str(handle.checkpoint_dir) if handle.checkpoint_dir else None,
             log_path=str(self.log_dir / f"trial-{handle.number}.log") if self.log_dir else None,
         )
         parent_end, child_end = context.Pipe(duplex=True)

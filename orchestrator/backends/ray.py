@@ -1,0 +1,350 @@
+"""The Ray backend: the same study, its trials placed on a Ray cluster by Ray Tune.
+
+Ray Tune does the placing: ``tune.Tuner`` with per-trial resources (Ray sets
+``CUDA_VISIBLE_DEVICES`` for each trial), concurrency limits and retries of trials whose node
+died (``FailureConfig``). ftsweep plugs into Tune's two extension points:
+
+- a :class:`~ray.tune.search.Searcher` (:class:`StudySearcher`) that asks the ftsweep
+  :class:`~orchestrator.session.StudySession` for each trial, so the study in the SQL store, its
+  sampler, its exact budget, re-runs of interrupted trials and the MLflow runs are the local
+  backend's, to the letter;
+- a :class:`~ray.tune.schedulers.TrialScheduler` (:class:`StudyScheduler`) that records every
+  epoch's report in the study and stops a trial when Optuna's pruner says so, or defers to Ray's
+  ASHA (``pruner: {name: asha}``).
+
+Tune's own ``OptunaSearch`` is not used: it forces Optuna's pruner to NopPruner, and restoring it
+after a killed driver fails on a persistent storage (its pickled state disagrees with the
+database). ftsweep never relies on ``Tuner.restore``: ``ftsweep resume`` continues the study from
+the SQL store whether or not Ray's experiment folder survived.
+
+Searcher and scheduler run in the driver's Tune loop, so the driver alone writes to the storage,
+as on the local backend. Trials checkpoint into the study's checkpoint folder, which must be on
+storage every node sees (as must the data and the model): a trial re-run on another node
+continues from its last epoch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.backends._trial_process import TrialJob, make_job, run_job
+from orchestrator.errors import ConfigError, UserError
+
+if TYPE_CHECKING:
+    from orchestrator.session import StudySession, TrialHandle
+
+KIND = "ftsweep_kind"
+#: Keys Tune adds to every result; they are not the trainer's metrics.
+_TUNE_KEYS = {
+    "epoch", KIND, "ftsweep_reason", "ftsweep_traceback", "ftsweep_device", "timestamp", "checkpoint_dir_name",
+    "done", "training_iteration", "trial_id", "date", "time_this_iter_s", "time_total_s", "pid", "hostname",
+    "node_ip", "config", "time_since_restore", "iterations_since_restore",
+}
+
+
+def ray_trainable(config: dict[str, Any]) -> None:
+    """Runs one trial inside a Ray worker; reports each epoch, then the outcome, through ``tune.report``."""
+    import ray
+    from ray import tune
+
+    from orchestrator.backends._trial_process import _redirect_output
+
+    job = TrialJob(**config["job"])
+    _redirect_output(job.log_path)
+    node = ray.get_runtime_context().get_node_id()[:8]
+    device = f"node {node} CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}"
+    job.device = "cuda" if os.environ.get("CUDA_VISIBLE_DEVICES") and _cuda_usable() else "cpu"
+
+    def reporter(epoch: int, metrics: dict[str, float]) -> bool:
+        tune.report({**metrics, "epoch": epoch, KIND: "report", "ftsweep_device": device})
+        return False  # pruning comes from the scheduler, which stops this actor
+
+    message = run_job(job, reporter)
+    kind = message[0]
+    final: dict[str, Any] = {KIND: kind, "ftsweep_device": device}
+    if kind == "complete":
+        final.update(message[1])
+    else:
+        final["ftsweep_reason"] = message[1]
+        if len(message) > 2:
+            final["ftsweep_traceback"] = message[2]
+    tune.report(final)
+
+
+def _cuda_usable() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+class _Bridge:
+    """What the searcher and the scheduler share: Tune trial ids to ftsweep trial handles."""
+
+    def __init__(self, session: StudySession, work_dir: Path) -> None:
+        self.session = session
+        self.work_dir = work_dir
+        self.handles: dict[str, TrialHandle] = {}
+        self.finals: dict[str, dict[str, Any]] = {}
+        self.stopped: dict[str, str] = {}
+
+    # Tune pickles its searcher and scheduler into its experiment folder (for Tuner.restore).
+    # ftsweep never restores from there (the study is in the SQL store), and the live session
+    # (database engines, MLflow thread) cannot be pickled: a snapshot carries nothing.
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.handles, self.finals, self.stopped = {}, {}, {}
+
+    def record(self, trial_id: str, result: dict[str, Any]) -> bool:
+        """Record a result; True when Optuna's pruner says the trial should stop."""
+        handle = self.handles.get(trial_id)
+        self.session.heartbeat()
+        if handle is None:
+            return False
+        device = result.get("ftsweep_device")
+        if device and handle.device != device:
+            self.session.set_device(handle, str(device))
+        if result.get(KIND) == "report":
+            metrics = {k: float(v) for k, v in result.items() if k not in _TUNE_KEYS and isinstance(v, int | float)}
+            return self.session.report(handle, int(result["epoch"]), metrics)
+        if result.get(KIND):
+            self.finals[trial_id] = result
+        return False
+
+
+class StudySearcher:
+    """Factory for the Tune Searcher subclass (Ray is imported only when the ray backend runs)."""
+
+    @staticmethod
+    def build(bridge: _Bridge, job_template: dict[str, Any]) -> Any:
+        from ray.tune.search import Searcher
+
+        class _StudySearcher(Searcher):
+            def __init__(self) -> None:
+                super().__init__(metric=bridge.session.metric, mode="max" if bridge.session.maximize else "min")
+
+            def suggest(self, trial_id: str) -> dict[str, Any] | None:
+                session = bridge.session
+                handle = session.start_trial("ray")
+                if handle is None:
+                    return Searcher.FINISHED if not bridge.handles or session.stop_reason else None
+                bridge.handles[trial_id] = handle
+                options = dict(job_template)
+                log_dir = options.pop("log_dir")
+                job = make_job(session, handle, log_path=f"{log_dir}/trial-{handle.number}.log", **options)
+                return {"job": asdict(job)}
+
+            def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+                return None  # recorded by the scheduler, which sees every result first
+
+            # The study's state is in the SQL store; Tune's snapshots of the searcher are not needed.
+            def save(self, checkpoint_path: str) -> None:
+                return None
+
+            def restore(self, checkpoint_path: str) -> None:
+                return None
+
+            def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+                handle = bridge.handles.pop(trial_id, None)
+                if handle is None:
+                    return
+                session = bridge.session
+                final = bridge.finals.pop(trial_id, None) or {}
+                kind = final.get(KIND)
+                if trial_id in bridge.stopped:
+                    session.prune(handle, bridge.stopped.pop(trial_id))
+                elif kind == "complete":
+                    metrics = {k: float(v) for k, v in final.items() if k not in _TUNE_KEYS and isinstance(v, int | float)}
+                    session.complete(handle, metrics)
+                elif kind == "pruned":
+                    session.prune(handle, str(final.get("ftsweep_reason", "pruned")))
+                elif kind == "interrupted" or (session.stop_reason and not error):
+                    session.interrupt(handle, str(final.get("ftsweep_reason", "stopped")))
+                elif kind == "failed":
+                    session.fail(handle, str(final.get("ftsweep_reason")), final.get("ftsweep_traceback"))
+                else:
+                    session.fail(handle, "the trial's Ray actor failed (node lost or process died) and its retries ran out")
+
+        return _StudySearcher()
+
+
+class StudyScheduler:
+    """Factory for the Tune TrialScheduler that records reports and prunes (Optuna's pruner or ASHA)."""
+
+    @staticmethod
+    def build(bridge: _Bridge, inner: Any) -> Any:
+        from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+        inner = inner or FIFOScheduler()
+
+        class _StudyScheduler(TrialScheduler):
+            def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
+                return inner.set_search_properties(metric, mode, **spec)
+
+            def on_trial_add(self, controller: Any, trial: Any) -> None:
+                inner.on_trial_add(controller, trial)
+
+            def on_trial_error(self, controller: Any, trial: Any) -> None:
+                inner.on_trial_error(controller, trial)
+
+            def on_trial_result(self, controller: Any, trial: Any, result: dict[str, Any]) -> str:
+                if bridge.record(trial.trial_id, result):
+                    bridge.stopped[trial.trial_id] = f"pruned after epoch {result.get('epoch')}"
+                    return TrialScheduler.STOP
+                if result.get(KIND) != "report":
+                    return TrialScheduler.CONTINUE
+                decision = inner.on_trial_result(controller, trial, result)
+                if decision == TrialScheduler.STOP:
+                    bridge.stopped[trial.trial_id] = f"stopped by ASHA after epoch {result.get('epoch')}"
+                return decision
+
+            def on_trial_complete(self, controller: Any, trial: Any, result: dict[str, Any]) -> None:
+                inner.on_trial_complete(controller, trial, result)
+
+            def on_trial_remove(self, controller: Any, trial: Any) -> None:
+                inner.on_trial_remove(controller, trial)
+
+            def choose_trial_to_run(self, controller: Any) -> Any:
+                bridge.session.heartbeat()
+                return inner.choose_trial_to_run(controller)
+
+            def debug_string(self) -> str:
+                return "ftsweep: Optuna pruner through the study" + (f" + {inner.debug_string()}" if inner else "")
+
+        return _StudyScheduler()
+
+
+class RayBackend:
+    """Runs a study's trials on a Ray cluster through Ray Tune.
+
+    Args:
+        address: an existing cluster (``auto``, ``ray://...``, ``host:port``), or None for a local Ray.
+        work_dir: the study's folder (Ray Tune's experiment folder goes in it).
+    """
+
+    name = "ray"
+
+    def __init__(self, address: str | None, work_dir: Path, max_retries: int = 3) -> None:
+        self.address = address
+        self.work_dir = work_dir
+        self.max_retries = max_retries
+
+    def run(self, session: StudySession) -> None:
+        # ftsweep shows its own progress; Tune's tables would interleave with it.
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+        import logging
+
+        import ray
+        from ray import tune
+
+        for name in ("ray", "ray.tune", "ray.train"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+        sweep = session.plan.sweep
+        execution = sweep.execution
+        started_here = False
+        if not ray.is_initialized():
+            try:
+                ray.init(address=self.address, log_to_driver=False, include_dashboard=False, configure_logging=False)
+            except (ConnectionError, RuntimeError, ValueError) as error:
+                raise UserError(f"execution.ray_address {self.address!r}: cannot join the Ray cluster ({error})") from error
+            started_here = True
+        try:
+            cluster_gpus = ray.cluster_resources().get("GPU", 0)
+            gpus = execution.gpus_per_trial if cluster_gpus else 0
+            cpus = execution.cpus_per_trial or 1
+            if session.checkpoint_root is not None:
+                session.checkpoint_root.mkdir(parents=True, exist_ok=True)
+            check_paths_on_nodes([*session.plan.trainer.input_paths(), session.checkpoint_root])
+            bridge = _Bridge(session, self.work_dir)
+            job_template = {
+                "environment": {},
+                "device": "cuda" if gpus else "cpu",
+                "n_threads": max(1, int(cpus)),
+                "log_dir": str(self.work_dir / "logs"),
+            }
+            searcher = StudySearcher.build(bridge, job_template)
+            scheduler = StudyScheduler.build(bridge, _asha(session) if sweep.study.pruner.name == "asha" else None)
+            tuner = tune.Tuner(
+                tune.with_resources(ray_trainable, {"cpu": cpus, "gpu": gpus}),
+                tune_config=tune.TuneConfig(
+                    search_alg=searcher,
+                    scheduler=scheduler,
+                    num_samples=-1,
+                    max_concurrent_trials=execution.max_concurrent_trials,
+                    reuse_actors=False,
+                ),
+                run_config=tune.RunConfig(
+                    name=sweep.study.name,
+                    storage_path=str(self.work_dir / "ray_results"),
+                    failure_config=tune.FailureConfig(max_failures=self.max_retries),
+                    verbose=0,
+                ),
+            )
+            session.progress.start()
+            try:
+                tuner.fit()
+            finally:
+                session.progress.stop()
+                for handle in list(session.in_flight.values()):
+                    session.interrupt(handle, "the Ray driver stopped before the trial finished")
+        finally:
+            if started_here:
+                ray.shutdown()
+
+
+def _asha(session: StudySession) -> Any:
+    from ray.tune.schedulers import ASHAScheduler
+
+    options = session.plan.sweep.study.pruner.options
+    return ASHAScheduler(
+        time_attr="epoch",
+        metric=session.metric,
+        mode="max" if session.maximize else "min",
+        max_t=session.plan.max_epochs or 100,
+        grace_period=int(options.get("grace_period", 1)),
+        reduction_factor=float(options.get("reduction_factor", 3)),
+    )
+
+
+def check_paths_on_nodes(paths: list[Path | None]) -> None:
+    """Every node must see the data, the model and the checkpoint folder at the same paths.
+
+    Raises:
+        ConfigError: naming the first path a node cannot see, and the node.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    wanted = [str(path) for path in paths if path is not None]
+    if not wanted:
+        return
+
+    @ray.remote(num_cpus=0)
+    def missing(candidates: list[str]) -> list[str]:
+        import os as _os
+
+        return [candidate for candidate in candidates if not _os.path.exists(candidate)]
+
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    futures = {
+        node["NodeManagerAddress"]: missing.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
+        ).remote(wanted)
+        for node in nodes
+    }
+    for address, future in futures.items():
+        absent = ray.get(future)
+        if absent:
+            raise ConfigError(
+                f"{absent[0]} is not visible on Ray node {address}: with execution.backend ray, data, model and "
+                "checkpoint paths must be on storage every node mounts at the same path"
+            )
