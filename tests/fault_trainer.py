@@ -20,6 +20,7 @@ class FaultSettings(StrictModel):
     fail_trials: list[int] = Field(default_factory=list)
     nan_trials: list[int] = Field(default_factory=list)
     oom_trials: list[int] = Field(default_factory=list)
+    record_file: str | None = None  # each run appends where and when it ran (JSON lines)
 
 
 class FaultParams(StrictModel):
@@ -38,6 +39,26 @@ class FaultTrainer(BaseTrainer):
 
     def run(self, ctx: TrialContext) -> dict[str, float]:
         settings: FaultSettings = self.settings  # type: ignore[assignment]
+        started = time.time()
+        try:
+            return self._run(ctx, settings)
+        finally:
+            if settings.record_file:
+                self._record(settings.record_file, ctx.trial_number, started)
+
+    @staticmethod
+    def _record(path: str, number: int, started: float) -> None:
+        import json
+        import os
+        import sys
+
+        node = sys.modules["ray"].get_runtime_context().get_node_id() if "ray" in sys.modules else "local"
+        line = {"trial": number, "node": node, "gpus": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+                "start": started, "end": time.time()}
+        with open(path, "a", encoding="utf-8") as stream:
+            stream.write(json.dumps(line) + "\n")
+
+    def _run(self, ctx: TrialContext, settings: FaultSettings) -> dict[str, float]:
         state = ctx.load_checkpoint()
         if state is not None:
             print(f"resuming after epoch {state['epoch']}", flush=True)
