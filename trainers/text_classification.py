@@ -204,6 +204,18 @@ class TextClassificationTrainer(BaseTrainer):
             )
         _load_tokenizer(self.settings.model, self.model_path, self.base_dir)
 
+    def input_paths(self) -> list[Path]:
+        """The data files and, when it is a local folder, the model: what every node must see."""
+        from trainers.data import resolve_path
+
+        data = self.settings.data
+        files = [data.train, data.validation, data.test]
+        paths = [resolve_path(value, self.base_dir) for value in files if value]
+        model = Path(self.model_path)
+        if model.is_absolute() and model.exists():
+            paths.append(model)
+        return paths
+
     def symbols(self) -> dict[str, float]:
         """``num_layers``: how many encoder layers the model has (the upper bound of ``freeze_depth``)."""
         return {"num_layers": int(self.model_config().num_hidden_layers)}
