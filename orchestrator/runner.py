@@ -149,6 +149,7 @@ def _run_session(
         max_failures=max_failures if max_failures is not None else default_max_failures(budget),
         keep_best_checkpoint=sweep.execution.keep_best_checkpoint,
         shared=shared,
+        cache_dir=work_dir / "cache",
     )
     if slots:
         where = f"{len(slots)} worker{'s' if len(slots) != 1 else ''} [{'; '.join(s.label for s in slots)}]"

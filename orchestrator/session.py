@@ -93,6 +93,7 @@ class StudySession:
         keep_best_checkpoint: keep the best trial's checkpoint (the others are removed).
         shared: other processes (``ftsweep worker`` on other machines) run trials of this study
             at the same time: the budget is counted in the database, under a lock.
+        cache_dir: the study's cache folder, shared by its trials (tokenized data, frozen features).
     """
 
     def __init__(
@@ -107,6 +108,7 @@ class StudySession:
         max_failures: int | None = None,
         keep_best_checkpoint: bool = True,
         shared: bool = False,
+        cache_dir: Path | None = None,
     ) -> None:
         self.plan = plan
         self.study = study
@@ -115,6 +117,7 @@ class StudySession:
         self.n_trials = n_trials
         self.deadline = time.monotonic() + timeout if timeout else None
         self.checkpoint_root = checkpoint_root
+        self.cache_dir = cache_dir
         self.max_failures = max_failures
         self.keep_best_checkpoint = keep_best_checkpoint
         self.shared = shared

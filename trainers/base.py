@@ -60,6 +60,9 @@ class TrialContext:
         reporter: called with ``(epoch, metrics)``; returns True when the trial should stop.
         checkpoint_dir: a folder of this trial's own, or None when checkpoints are off.
         n_threads: how many CPU threads this trial may use.
+        cache_dir: a folder shared by every trial of the study (and every worker on a shared
+            file system) for what a trial can reuse from another: tokenized data, features of
+            frozen layers. None when caching is off.
         metric: the study's metric (early stopping watches it), e.g. ``val_f1``.
         direction: ``"maximize"`` or ``"minimize"``: which way ``metric`` improves.
         logger: where :meth:`log` sends a line (the worker's log).
@@ -71,6 +74,7 @@ class TrialContext:
     reporter: Callable[[int, dict[str, float]], bool] | None = None
     checkpoint_dir: Path | None = None
     n_threads: int = 1
+    cache_dir: Path | None = None
     metric: str | None = None
     direction: str = "maximize"
     logger: Callable[[str], None] = field(default=lambda message: None)

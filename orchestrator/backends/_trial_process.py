@@ -47,6 +47,7 @@ class TrialJob:
     direction: str
     checkpoint_dir: str | None
     log_path: str | None
+    cache_dir: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -74,6 +75,7 @@ def make_job(
         direction=sweep.study.direction,
         checkpoint_dir=str(handle.checkpoint_dir) if handle.checkpoint_dir else None,
         log_path=log_path,
+        cache_dir=str(session.cache_dir) if session.cache_dir else None,
     )
 
 
@@ -139,6 +141,7 @@ def run_job(job: TrialJob, reporter: Any) -> tuple[Any, ...]:
             device=job.device,
             reporter=reporter,
             checkpoint_dir=Path(job.checkpoint_dir) if job.checkpoint_dir else None,
+            cache_dir=Path(job.cache_dir) if job.cache_dir else None,
             n_threads=job.n_threads,
             metric=job.metric,
             direction=job.direction,
