@@ -10,7 +10,7 @@ from conftest import REPO_ROOT
 from orchestrator.config import load_sweep
 from orchestrator.plan import plan_sweep
 
-SWEEP_FILES = sorted((REPO_ROOT / "examples").rglob("*.yaml"))
+SWEEP_FILES = sorted((REPO_ROOT / "examples").glob("*/*.yaml"))
 
 
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: str(p.relative_to(REPO_ROOT)))
