@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     status = verbs.add_parser("status", help="the study's trials: number, state, params, value, epochs, duration")
     status.add_argument("study_name")
     _add_storage(status)
-    status.add_argument("--last", type=_positive_int, help="show only the last N trials")
+    status.add_argument("--last", type=_positive_int, help="show only the last N trials (default: the last 200)")
+    status.add_argument("--all", action="store_true", help="show every trial")
     status.add_argument("--format", choices=("table", "json"), default="table")
     status.set_defaults(handler=cmd_status)
 
@@ -200,21 +201,18 @@ def _open(args: argparse.Namespace):  # noqa: ANN202
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    study = _open(args)
+    from orchestrator.config import resolve_storage_url
+    from orchestrator.status import read_status, render_status
+
+    data = read_status(resolve_storage_url(args.storage), args.study_name, last=args.last, show_all=args.all)
     if args.format == "json":
         import json
 
-        from orchestrator.report import trial_rows
-
-        trials = study.get_trials(deepcopy=False)
-        rows = trial_rows(trials[-args.last:] if args.last else trials)
-        print(json.dumps(rows, indent=2, default=str))
+        print(json.dumps(data.rows, indent=2, default=str))
         return EXIT_OK
     from rich.console import Console
 
-    from orchestrator.report import render_status
-
-    Console(highlight=False, soft_wrap=False).print(render_status(study, limit=args.last))
+    Console(highlight=False, soft_wrap=False).print(render_status(data))
     return EXIT_OK
 
 
@@ -262,6 +260,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ftsweep: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # `ftsweep status NAME | head`: the reader left; that is not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except Exception:  # noqa: BLE001 - the one place a bug becomes a message and a log file
         path = _write_crash_log(argv)
         print(f"ftsweep: internal error: {sys.exc_info()[1]!r}", file=sys.stderr)

@@ -1,78 +1,15 @@
-"""What ``ftsweep status`` and ``ftsweep best`` show, read from the study's storage."""
+"""What ``ftsweep best`` shows, read from the study's storage (``status`` is in :mod:`orchestrator.status`)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import StudyNotFound
-from orchestrator.study import EPOCHS_ATTR, REASON_ATTR, RUN_ID_ATTR, state_counts, stored_sweep
+from orchestrator.study import EPOCHS_ATTR, RUN_ID_ATTR, stored_sweep
 
 if TYPE_CHECKING:
     import optuna
-
-
-def _format_value(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def trial_rows(trials: Iterable[optuna.trial.FrozenTrial]) -> list[dict[str, Any]]:
-    """One row per trial: number, state, params, value, epochs, duration, reason."""
-    rows = []
-    for trial in trials:
-        duration = trial.duration.total_seconds() if trial.duration is not None else None
-        epochs = trial.user_attrs.get(EPOCHS_ATTR)
-        if epochs is None and trial.intermediate_values:
-            epochs = max(trial.intermediate_values)
-        rows.append(
-            {
-                "number": trial.number,
-                "state": trial.state.name,
-                "value": trial.value,
-                "epochs": epochs,
-                "duration_seconds": duration,
-                "params": dict(trial.params),
-                "reason": trial.user_attrs.get(REASON_ATTR, ""),
-            }
-        )
-    return rows
-
-
-def render_status(study: optuna.Study, limit: int | None = None) -> Any:
-    """A rich table of the study's trials, newest last, with a summary line as its caption."""
-    from rich.table import Table
-
-    trials = study.get_trials(deepcopy=False)
-    sweep = stored_sweep(study)
-    counts = state_counts(trials)
-    shown = trials[-limit:] if limit else trials
-    table = Table(title=f"study {study.study_name}", title_justify="left")
-    for column in ("trial", "state", sweep.study.metric, "epochs", "duration", "params", "reason"):
-        table.add_column(column, overflow="fold")
-    for row in trial_rows(shown):
-        duration = row["duration_seconds"]
-        table.add_row(
-            str(row["number"]),
-            row["state"].lower(),
-            "" if row["value"] is None else f"{row['value']:.4f}",
-            "" if row["epochs"] is None else str(row["epochs"]),
-            "" if duration is None else f"{duration:.1f}s",
-            ", ".join(f"{key}={_format_value(value)}" for key, value in row["params"].items()),
-            row["reason"],
-        )
-    parts = [f"{counts.get(state, 0)} {state.lower()}" for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING") if counts.get(state)]
-    caption = f"{len(trials)} trials: {', '.join(parts) or 'none yet'}; budget {sweep.study.n_trials}"
-    best = best_summary(study, required=False)
-    if best:
-        caption += f"; best {sweep.study.metric} {best['value']:.4f} (trial {best['trial']})"
-    if limit and len(trials) > limit:
-        caption += f"; showing the last {limit}"
-    table.caption = caption
-    table.caption_justify = "left"
-    return table
 
 
 def best_summary(study: optuna.Study, required: bool = True) -> dict[str, Any] | None:

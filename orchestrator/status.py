@@ -1,0 +1,195 @@
+"""``ftsweep status``: the trial table, read straight from the study's tables.
+
+A study of 10,000 trials loaded through Optuna's API (every trial with its parameters,
+distributions, attributes and intermediate values, as Python objects) takes seconds; the table
+needs a few columns. So this module reads Optuna's schema with a handful of SQL queries (no
+Optuna import) and decodes parameters from their stored distributions itself. The schema is
+Optuna's own (``studies``, ``trials``, ``trial_params``, ``trial_values``, ...).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.errors import StorageError, StudyNotFound
+
+#: Without --last or --all, a study with more trials shows only its latest ones.
+DEFAULT_ROWS = 200
+
+
+@dataclass
+class StatusData:
+    """What the status table shows."""
+
+    study_name: str
+    metric: str
+    direction: str
+    budget: int | None
+    counts: Counter[str]
+    rows: list[dict[str, Any]]
+    best_trial: int | None = None
+    best_value: float | None = None
+    total: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _engine(url: str) -> Any:
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    try:
+        return sqlalchemy.create_engine(url, poolclass=NullPool)
+    except (sqlalchemy.exc.ArgumentError, ModuleNotFoundError) as error:
+        raise StorageError(f"storage {url}: cannot open it ({error})") from error
+
+
+def _when(value: Any) -> datetime.datetime | None:
+    if value is None or isinstance(value, datetime.datetime):
+        return value
+    return datetime.datetime.fromisoformat(str(value))
+
+
+def decode_param(value: float, distribution_json: str) -> Any:
+    """A stored parameter in its user-facing form (a categorical's choice, an int as int)."""
+    distribution = json.loads(distribution_json)
+    name = distribution.get("name", "")
+    attributes = distribution.get("attributes", {})
+    if name == "CategoricalDistribution":
+        return attributes["choices"][int(value)]
+    if name in ("IntDistribution", "IntUniformDistribution", "IntLogUniformDistribution"):
+        return int(value)
+    return float(value)
+
+
+def read_status(url: str, study_name: str, last: int | None = None, show_all: bool = False) -> StatusData:
+    """The study's state counts, its best trial and the rows of its latest trials.
+
+    Raises:
+        StudyNotFound: listing the studies the storage holds.
+        StorageError: when the storage cannot be read.
+    """
+    import sqlalchemy
+    from sqlalchemy import text
+
+    engine = _engine(url)
+    try:
+        with engine.connect() as connection:
+            return _read(connection, text, study_name, url, last, show_all)
+    except sqlalchemy.exc.SQLAlchemyError as error:
+        detail = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        raise StorageError(f"storage {url}: cannot read it ({detail})") from error
+    finally:
+        engine.dispose()
+
+
+def _read(connection: Any, text: Any, study_name: str, url: str, last: int | None, show_all: bool) -> StatusData:
+    study_id = connection.execute(text("SELECT study_id FROM studies WHERE study_name = :n"), {"n": study_name}).scalar()
+    if study_id is None:
+        names = sorted(row[0] for row in connection.execute(text("SELECT study_name FROM studies")))
+        raise StudyNotFound(f"no study {study_name!r} in {url}; studies there: {', '.join(names) or 'none'}")
+    key = {"s": study_id}
+    stored = connection.execute(
+        text("SELECT value_json FROM study_user_attributes WHERE study_id = :s AND key = 'ftsweep:sweep'"), key
+    ).scalar()
+    sweep = json.loads(stored)["sweep"] if stored else {}
+    study_section = sweep.get("study", {})
+    direction = study_section.get("direction", "maximize")
+    counts: Counter[str] = Counter(
+        {state: n for state, n in connection.execute(text("SELECT state, COUNT(*) FROM trials WHERE study_id = :s GROUP BY state"), key)}
+    )
+    total = sum(counts.values())
+    limit = None if show_all else (last or (DEFAULT_ROWS if total > DEFAULT_ROWS else None))
+    key["m"] = max(0, total - limit) if limit else 0
+
+    order = "DESC" if direction == "maximize" else "ASC"
+    best = connection.execute(
+        text(
+            "SELECT t.number, v.value FROM trial_values v JOIN trials t ON t.trial_id = v.trial_id "
+            "WHERE t.study_id = :s AND t.state = 'COMPLETE' AND v.objective = 0 AND v.value IS NOT NULL "
+            f"ORDER BY v.value {order}, t.number LIMIT 1"
+        ),
+        key,
+    ).first()
+
+    selected = "FROM trials t WHERE t.study_id = :s AND t.number >= :m"
+    rows: dict[int, dict[str, Any]] = {}
+    for trial_id, number, state, start, complete in connection.execute(
+        text(f"SELECT t.trial_id, t.number, t.state, t.datetime_start, t.datetime_complete {selected} ORDER BY t.number"), key
+    ):
+        started, finished = _when(start), _when(complete)
+        rows[trial_id] = {
+            "number": number,
+            "state": state,
+            "value": None,
+            "epochs": None,
+            "duration_seconds": (finished - started).total_seconds() if started and finished else None,
+            "params": {},
+            "reason": "",
+        }
+    joined = "JOIN trials t ON t.trial_id = x.trial_id WHERE t.study_id = :s AND t.number >= :m"
+    for trial_id, value in connection.execute(text(f"SELECT x.trial_id, x.value FROM trial_values x {joined} AND x.objective = 0"), key):
+        rows[trial_id]["value"] = value
+    for trial_id, name, value, distribution in connection.execute(
+        text(f"SELECT x.trial_id, x.param_name, x.param_value, x.distribution_json FROM trial_params x {joined} ORDER BY x.param_id"), key
+    ):
+        rows[trial_id]["params"][name] = decode_param(value, distribution)
+    for trial_id, name, value in connection.execute(
+        text(f"SELECT x.trial_id, x.key, x.value_json FROM trial_user_attributes x {joined} AND x.key IN ('epochs', 'reason')"), key
+    ):
+        rows[trial_id][name if name == "epochs" else "reason"] = json.loads(value)
+    for trial_id, step in connection.execute(
+        text(f"SELECT x.trial_id, MAX(x.step) FROM trial_intermediate_values x {joined} GROUP BY x.trial_id"), key
+    ):
+        if rows[trial_id]["epochs"] is None:
+            rows[trial_id]["epochs"] = step
+    return StatusData(
+        study_name=study_name,
+        metric=study_section.get("metric", "value"),
+        direction=direction,
+        budget=study_section.get("n_trials"),
+        counts=counts,
+        rows=list(rows.values()),
+        best_trial=best[0] if best else None,
+        best_value=best[1] if best else None,
+        total=total,
+    )
+
+
+def _format_value(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def render_status(data: StatusData) -> Any:
+    """A rich table of the trials, oldest first, with a summary line as its caption."""
+    from rich.table import Table
+
+    table = Table(title=f"study {data.study_name}", title_justify="left")
+    for column in ("trial", "state", data.metric, "epochs", "duration", "params", "reason"):
+        table.add_column(column, overflow="fold")
+    for row in data.rows:
+        duration = row["duration_seconds"]
+        table.add_row(
+            str(row["number"]),
+            row["state"].lower(),
+            "" if row["value"] is None else f"{row['value']:.4f}",
+            "" if row["epochs"] is None else str(row["epochs"]),
+            "" if duration is None else f"{duration:.1f}s",
+            ", ".join(f"{key}={_format_value(value)}" for key, value in row["params"].items()),
+            str(row["reason"] or ""),
+        )
+    states = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
+    parts = [f"{data.counts.get(state, 0)} {state.lower()}" for state in states if data.counts.get(state)]
+    caption = f"{data.total} trials: {', '.join(parts) or 'none yet'}"
+    if data.budget:
+        caption += f"; budget {data.budget}"
+    if data.best_value is not None:
+        caption += f"; best {data.metric} {data.best_value:.4f} (trial {data.best_trial})"
+    if len(data.rows) < data.total:
+        caption += f"; showing the last {len(data.rows)} (--all for every trial)"
+    table.caption = caption
+    table.caption_justify = "left"
+    return table
