@@ -227,7 +227,6 @@ def cmd_best(args: argparse.Namespace) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     import shutil
-    import subprocess
 
     from orchestrator.config import resolve_tracking_uri
 
@@ -242,10 +241,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
         raise UserError("the MLflow UI needs the full mlflow package: pip install mlflow")
     command = [mlflow, "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
     print(f"MLflow UI: http://{args.host}:{args.port}  (tracking store {uri}; Ctrl-C stops it)", flush=True)
-    try:
-        return subprocess.call(command)
-    except KeyboardInterrupt:
-        return EXIT_OK
+    # Become the MLflow UI: Ctrl-C and SIGTERM reach it (and its server) directly.
+    os.execv(mlflow, command)
+    return EXIT_OK  # not reached
 
 
 # -- the error boundary --

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -122,6 +124,7 @@ def test_ui_serves_the_studys_tracking_store(tmp_path: Path) -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "orchestrator.cli", "ui", "shown", "--port", str(port)],
         cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,  # the UI starts a server process of its own: stop the whole group
     )
     try:
         assert process.stdout is not None
@@ -142,5 +145,9 @@ def test_ui_serves_the_studys_tracking_store(tmp_path: Path) -> None:
         ).read().decode()
         assert '"name": "shown"' in body or '"name":"shown"' in body
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
