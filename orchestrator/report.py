@@ -34,7 +34,7 @@ def best_summary(study: optuna.Study, required: bool = True) -> dict[str, Any] |
         "value": trial.value,
         "params": {**fixed, **trial.params},
         "sampled": sorted(trial.params),
-        "epochs": trial.user_attrs.get(EPOCHS_ATTR),
+        "epochs": trial.user_attrs.get(EPOCHS_ATTR, max(trial.intermediate_values, default=None)),
         "mlflow_run_id": trial.user_attrs.get(RUN_ID_ATTR),
     }
 

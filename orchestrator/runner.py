@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from dataclasses import dataclass
@@ -263,7 +264,7 @@ def resume_study(
     """
     from orchestrator.config import load_sweep, resolve_storage_url
     from orchestrator.errors import UserError
-    from orchestrator.recovery import recover
+    from orchestrator.recovery import budget_lock, recover
     from orchestrator.study import SWEEP_ATTR, load_study, stored_sweep
 
     url = resolve_storage_url(storage_url)
@@ -300,7 +301,9 @@ def resume_study(
         stored["sweep"].setdefault("study", {})["n_trials"] = n_trials
         study.set_user_attr(SWEEP_ATTR, stored)
     tracker = _open_tracker(sweep)
-    recovered = recover(study)
+    # Under the budget lock: a trial another worker is starting is complete (owner set) or not there yet.
+    with budget_lock(storage, study_name) if is_shared_storage(url) else contextlib.nullcontext():
+        recovered = recover(study)
     if recovered:
         print(f"re-running interrupted trial(s) {recovered} with the same parameters", file=sys.stderr)
     sampler = make_sampler(sweep, plan.space, concurrency(sweep, slots), seed_offset=len(study.trials))

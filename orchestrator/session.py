@@ -199,7 +199,8 @@ class StudySession:
         if not force and now - self._last_heartbeat < HEARTBEAT_SECONDS:
             return
         self._last_heartbeat = now
-        record_heartbeats(self.study._storage, [handle.trial._trial_id for handle in self.in_flight.values()])
+        if self.shared:
+            record_heartbeats(self.study._storage, [handle.trial._trial_id for handle in self.in_flight.values()])
         for handle in self.in_flight.values():
             self._attach_run_id(handle)
 
@@ -232,7 +233,9 @@ class StudySession:
         previous_run_id = trial.user_attrs.get(RUN_ID_ATTR)
         trial.set_user_attr(DEVICE_ATTR, device)
         trial.set_user_attr(OWNER_ATTR, self.owner)
-        record_heartbeats(self.study._storage, [trial._trial_id])
+        if self.shared:
+            # Workers on other hosts are watched by heartbeat; on one host the owner's pid says it all.
+            record_heartbeats(self.study._storage, [trial._trial_id])
         run = self.tracker.start_trial(trial.number, params, device, run_id=previous_run_id) if self.tracker else None
         checkpoint_dir = self.checkpoint_root / f"trial-{trial.number}" if self.checkpoint_root else None
         handle = TrialHandle(trial, params, device, run, checkpoint_dir, rerun_of=rerun_of)
@@ -249,6 +252,12 @@ class StudySession:
         handle.trial.set_user_attr(DEVICE_ATTR, device)
         if self.tracker and handle.run is not None:
             self.tracker.set_device(handle.run, device)
+
+    def forget(self, handle: TrialHandle, why: str) -> None:
+        """Drop a trial another process has already finished (it declared this one's owner dead)."""
+        self.in_flight.pop(handle.number, None)
+        self.progress.running = len(self.in_flight)
+        self.progress.say(f"trial {handle.number}: {why}; stopping it here")
 
     def _continue_from(self, handle: TrialHandle, number: int) -> None:
         """A re-run takes over the interrupted trial's checkpoint and its reported epochs."""
@@ -353,7 +362,9 @@ class StudySession:
         """User attributes written before ``tell`` (a finished trial's attributes cannot change)."""
         trial = handle.trial
         self._attach_run_id(handle, wait=True)
-        trial.set_user_attr(EPOCHS_ATTR, epochs if epochs is not None else handle.epochs)
+        epochs = epochs if epochs is not None else handle.epochs
+        if epochs != max(handle.known_epochs, default=0):  # else the reported epochs already say it
+            trial.set_user_attr(EPOCHS_ATTR, epochs)
         if reason:
             trial.set_user_attr(REASON_ATTR, reason)
         if interrupted:

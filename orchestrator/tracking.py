@@ -83,6 +83,8 @@ class StudyTracker:
             raise StorageError(f"tracking.mlflow_uri {self.tracking_uri}: the folder {path.parent} does not exist")
         try:
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
+            if path is not None:
+                _tune_store(self._client)
             experiment = self._client.get_experiment_by_name(self.experiment)
             if experiment is None:
                 self._experiment_id = self._client.create_experiment(
@@ -237,6 +239,15 @@ class StudyTracker:
                 self._errors.append(message)
 
         self._executor.submit(guarded)
+
+
+def _tune_store(client: Any) -> None:
+    """The MLflow SQLite file gets the same write-ahead logging as the study's (see study.open_storage)."""
+    from orchestrator.study import tune_sqlite_engine
+
+    engine = getattr(getattr(getattr(client, "_tracking_client", None), "store", None), "engine", None)
+    if engine is not None:
+        tune_sqlite_engine(engine)
 
 
 def _quote(text: str) -> str:

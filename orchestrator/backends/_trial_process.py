@@ -17,6 +17,9 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+# Imported here, not in run_job, so that the fork server has it loaded before trials fork.
+from trainers.base import TrialContext, TrialDiverged, TrialPruned, load_trainer_class
+
 if TYPE_CHECKING:
     from orchestrator.session import StudySession, TrialHandle
 
@@ -127,7 +130,6 @@ def trial_main(conn: Connection, job: TrialJob, lifeline: Connection | None = No
 
 def run_job(job: TrialJob, reporter: Any) -> tuple[Any, ...]:
     """Run the trial and return the final message for the driver."""
-    from trainers.base import TrialContext, TrialDiverged, TrialPruned, load_trainer_class
 
     try:
         _limit_threads(job.n_threads)

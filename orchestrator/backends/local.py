@@ -152,6 +152,21 @@ class LocalBackend:
 
     def _handle(self, session: StudySession, entry: _Running) -> bool:
         """Process what the trial sent; True when the trial is over."""
+        from optuna.exceptions import UpdateFinishedTrialError
+
+        try:
+            return self._handle_messages(session, entry)
+        except UpdateFinishedTrialError:
+            # Another process marked it dead and re-queued it (a heartbeat missed under load):
+            # its re-run is the one that counts; this copy stops.
+            session.forget(entry.handle, "another process has already finished this trial")
+            if entry.process.is_alive():
+                entry.process.kill()
+            entry.process.join(timeout=10)
+            entry.close()
+            return True
+
+    def _handle_messages(self, session: StudySession, entry: _Running) -> bool:
         while True:
             try:
                 if not entry.conn.poll():
@@ -269,8 +284,9 @@ def _death_reason(code: int | None) -> str:
 
 
 def _user_module(trainer_name: str) -> tuple[str, ...]:
-    """A user's trainer module is preloaded in the fork server too."""
-    if ":" in trainer_name:
-        return (trainer_name.partition(":")[0],)
-    return ()
+    """The trainer's own module (built-in or a user's) is preloaded in the fork server too."""
+    from trainers.base import BUILTIN_TRAINERS
+
+    path = BUILTIN_TRAINERS.get(trainer_name, trainer_name)
+    return (path.partition(":")[0],) if ":" in path else ()
 
