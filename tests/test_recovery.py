@@ -10,7 +10,7 @@ from pathlib import Path
 import optuna
 import sqlalchemy
 
-from orchestrator.recovery import OWNER_ATTR, find_orphans, recover, record_heartbeats
+from orchestrator.recovery import OWNER_ATTR, find_orphans, record_heartbeats, recover
 from orchestrator.study import INTERRUPTED_ATTR, RERUN_OF_ATTR, open_storage
 
 
