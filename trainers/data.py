@@ -1,4 +1,4 @@
-"""Labelled text data: reading files, splitting, tokenizing once, and batching with little padding.
+"""Labelled text data: reading files, splitting, tokenizing once per study, and batching with little padding.
 
 Every problem a user can fix raises :class:`~orchestrator.errors.DataError` with one line that
 names the sweep key (``trainer.data.train``) and the file, so a bad data file costs seconds in
@@ -402,6 +402,171 @@ def tokenize_texts(tokenizer: Any, texts: Sequence[str], max_length: int) -> lis
         return_token_type_ids=False,
     )
     return [list(ids) for ids in encoded["input_ids"]]
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenizing once per study: the token ids cached next to the study
+# --------------------------------------------------------------------------------------------
+
+#: Bump when the layout of a token entry or the meaning of its key changes.
+TOKENS_FORMAT = 1
+
+
+@dataclass
+class TokenizedSplit:
+    """One split's token ids.
+
+    Attributes:
+        ids: the token ids of each text (special tokens added, truncated, not padded).
+        digest: SHA-256 of the ids themselves (lengths and values): what keys the features of
+            frozen layers computed from them.
+        cached: True when the ids were read from the study's cache rather than tokenized here.
+    """
+
+    ids: list[list[int]]
+    digest: str
+    cached: bool = False
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(ids) for ids in self.ids]
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """SHA-256 of what determines a tokenizer's output: its class, its full definition
+    (``backend_tokenizer.to_str()`` for a fast tokenizer, the vocabulary and init arguments for a
+    slow one), its special tokens and its truncation side."""
+    import hashlib
+
+    hasher = hashlib.sha256()
+    special = {name: str(value) for name, value in getattr(tokenizer, "special_tokens_map", {}).items()}
+    header = {
+        "class": type(tokenizer).__name__,
+        "special_tokens": special,
+        "special_ids": sorted(getattr(tokenizer, "all_special_ids", [])),
+        "truncation_side": getattr(tokenizer, "truncation_side", "right"),
+    }
+    hasher.update(json.dumps(header, sort_keys=True, default=str).encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        hasher.update(backend.to_str().encode())
+    else:
+        vocabulary = sorted(tokenizer.get_vocab().items())
+        hasher.update(json.dumps(vocabulary).encode())
+        hasher.update(json.dumps(getattr(tokenizer, "init_kwargs", {}), sort_keys=True, default=str).encode())
+    return hasher.hexdigest()
+
+
+def texts_digest(texts: Sequence[str]) -> str:
+    """SHA-256 of a list of texts (each length-prefixed, so no two lists share a digest by concatenation)."""
+    import hashlib
+
+    hasher = hashlib.sha256()
+    hasher.update(len(texts).to_bytes(8, "little"))
+    for text in texts:
+        data = text.encode("utf-8")
+        hasher.update(len(data).to_bytes(8, "little"))
+        hasher.update(data)
+    return hasher.hexdigest()
+
+
+def _flatten(ids: Sequence[Sequence[int]]) -> tuple[Any, Any]:
+    """``(flat, lengths)``: the ids of all rows in one int64 array, and each row's length."""
+    import itertools
+
+    import numpy as np
+
+    lengths = np.fromiter((len(row) for row in ids), dtype=np.int64, count=len(ids))
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
+    return flat, lengths
+
+
+def _unflatten(flat: Any, lengths: Any) -> list[list[int]]:
+    import numpy as np
+
+    values = flat.tolist()
+    ends = np.cumsum(lengths).tolist()
+    starts = [0, *ends[:-1]]
+    return [values[start:end] for start, end in zip(starts, ends, strict=True)]
+
+
+def ids_digest(flat: Any, lengths: Any) -> str:
+    """SHA-256 of token ids given as ``(flat, lengths)`` int arrays (see :func:`_flatten`)."""
+    import hashlib
+
+    import numpy as np
+
+    hasher = hashlib.sha256(b"token-ids-v1")
+    hasher.update(np.ascontiguousarray(lengths, dtype="<i8").tobytes())
+    hasher.update(np.ascontiguousarray(flat, dtype="<i8").tobytes())
+    return hasher.hexdigest()
+
+
+def tokens_key(fingerprint: str, texts: Sequence[str], max_length: int) -> str:
+    """The cache key of the token ids of ``texts``: tokenizer, texts and max_length."""
+    from trainers.feature_cache import digest
+
+    return digest(
+        {
+            "kind": "tokens",
+            "format": TOKENS_FORMAT,
+            "tokenizer": fingerprint,
+            "texts": texts_digest(texts),
+            "max_length": int(max_length),
+        }
+    )
+
+
+def tokenize_cached(
+    tokenizer: Any,
+    texts: Sequence[str],
+    max_length: int,
+    cache_dir: Path | None,
+    *,
+    fingerprint: str | None = None,
+) -> TokenizedSplit:
+    """The token ids of ``texts`` (as :func:`tokenize_texts`), tokenized once per study.
+
+    With ``cache_dir`` (the study's ``cache_dir / "tokens"``) the ids are stored in an entry keyed
+    by :func:`tokens_key`, written atomically under a file lock (see
+    :func:`trainers.feature_cache.shared_entry`): the first trial tokenizes, every later trial of
+    any worker sharing the folder reads. Without it, the texts are tokenized here.
+
+    Args:
+        fingerprint: :func:`tokenizer_fingerprint` of ``tokenizer``, when the caller has it already.
+    """
+    import numpy as np
+
+    if cache_dir is None:
+        ids = tokenize_texts(tokenizer, texts, max_length)
+        return TokenizedSplit(ids, ids_digest(*_flatten(ids)))
+
+    from trainers.feature_cache import save_array, save_json, shared_entry
+
+    key = tokens_key(fingerprint or tokenizer_fingerprint(tokenizer), texts, max_length)
+    made: dict[str, Any] = {}
+
+    def create(folder: Path) -> None:
+        ids = tokenize_texts(tokenizer, texts, max_length)
+        flat, lengths = _flatten(ids)
+        # int32 halves the file; every tokenizer's vocabulary fits.
+        narrow = flat.astype(np.int32) if (flat.size == 0 or int(flat.max()) < 2**31) else flat
+        save_array(folder / "ids.npy", narrow)
+        save_array(folder / "lengths.npy", lengths)
+        digest = ids_digest(flat, lengths)
+        save_json(folder / "meta.json", {"format": TOKENS_FORMAT, "rows": len(ids), "digest": digest})
+        made.update(ids=ids, digest=digest)
+
+    entry, created = shared_entry(Path(cache_dir), key, create)
+    if created:
+        return TokenizedSplit(made["ids"], made["digest"])
+    flat = np.load(entry / "ids.npy")
+    lengths = np.load(entry / "lengths.npy")
+    if len(lengths) != len(texts):
+        raise RuntimeError(
+            f"token cache: the entry {entry} has {len(lengths)} rows for {len(texts)} texts; delete it"
+        )
+    return TokenizedSplit(_unflatten(flat, lengths), ids_digest(flat, lengths), cached=True)
 
 
 class PadCollator:

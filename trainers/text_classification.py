@@ -6,10 +6,20 @@ training and validation loss, accuracy and macro F1. State is checkpointed after
 so a trial interrupted by a crash or a preemption resumes where it stopped and reports the same
 numbers an uninterrupted trial would have.
 
-Speed matters on CPU-only machines, so: each split is tokenized once; batches are padded to
-their own longest text and grouped by length; the loss and the training predictions are summed
-on the device and read back once per epoch; evaluation runs under ``torch.inference_mode``;
-L1 / L2-SP add their gradients directly instead of through autograd.
+Speed matters on CPU-only machines, so: each split is tokenized once per study (the ids are
+cached in the study's ``cache_dir``); batches are padded to their own longest text and grouped by
+length; the loss and the training predictions are summed on the device and read back once per
+epoch (no per-step host synchronisation); batches go to a GPU from pinned memory without
+blocking; evaluation runs under ``torch.inference_mode``; a GPU that supports bfloat16 computes
+under bfloat16 autocast; L1 / L2-SP add their gradients directly instead of through autograd.
+
+Frozen layers. ``freeze_depth`` k freezes the embeddings and the lowest k encoder blocks, which
+then run in eval mode: dropout does not act inside frozen layers (the ``dropout`` parameters
+reach only the trainable ones). Their output is therefore a pure function of the input, and with
+``feature_cache`` on (the default) it is computed once per example and reused by every epoch and
+every later trial with the same k (:mod:`trainers.feature_cache`): a trial's metrics are the
+same with the cache on and off, up to float rounding. The training split is cached only without
+token-level augmentation (augmented ids differ every epoch); validation and test always are.
 """
 
 from __future__ import annotations
@@ -67,6 +77,32 @@ class TextClassificationSettings(StrictModel):
         description=(
             "auto: bfloat16 autocast on a GPU that supports it, float32 on CPU; bf16: autocast on CPU too "
             "(about twice as fast on CPUs with AVX512-BF16 or AMX, slower elsewhere); fp32: never."
+        ),
+    )
+    feature_cache: bool = Field(
+        True,
+        description=(
+            "With freeze_depth k > 0, compute the output of the frozen layers (embeddings and the lowest k "
+            "blocks) once per example and reuse it in every epoch and every later trial with the same k; a "
+            "deeper k starts from a shallower cache. Frozen layers run in eval mode (dropout does not act "
+            "inside them), so the metrics are the same with the cache on and off. The training split is "
+            "cached only when augmentation is none; validation and test always."
+        ),
+    )
+    feature_cache_memory_mb: int = Field(
+        1024,
+        ge=0,
+        description=(
+            "Megabytes of cached features a trial keeps in memory; beyond it they are memory-mapped from the "
+            "study's cache folder on disk (or a temporary folder when the trial has none)."
+        ),
+    )
+    feature_cache_dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto",
+        description=(
+            "How cached features are stored. auto: float32 for float32 trials (metrics equal the uncached "
+            "trial's to float rounding), bfloat16 under bfloat16 autocast; float16 / bfloat16 halve memory "
+            "and disk at the cost of half-precision rounding of the frozen layers' output."
         ),
     )
 
@@ -423,18 +459,29 @@ class _Trial:
         """Set up, resume if a checkpoint exists, train the remaining epochs and return the best epoch's metrics."""
         import torch
 
+        started, cpu_started = time.perf_counter(), time.process_time()
         torch.set_num_threads(max(1, int(self.ctx.n_threads)))
         _seed_everything(self.params.seed)
         self._setup_device()
         self._setup_data()
         self._setup_model()
-        self._setup_optimization()
-        start = self._resume()
-        for epoch in range(start, self.params.epochs + 1):
-            if self._should_stop():
-                break
-            self._run_epoch(epoch)
-        return self._result()
+        self.features = None
+        try:
+            self._setup_features()
+            self._setup_optimization()
+            start = self._resume()
+            for epoch in range(start, self.params.epochs + 1):
+                if self._should_stop():
+                    break
+                self._run_epoch(epoch)
+            return self._result()
+        finally:
+            if self.features is not None:
+                self.features.close()
+            self.ctx.log(
+                f"trial took {time.perf_counter() - started:.1f} s "
+                f"({time.process_time() - cpu_started:.1f} s of CPU time in this process)"
+            )
 
     def _setup_device(self) -> None:
         import torch
@@ -451,6 +498,7 @@ class _Trial:
         use_bf16 = precision == "bf16" or (
             precision == "auto" and self.on_cuda and torch.cuda.is_bf16_supported()
         )
+        self.compute = "bf16" if use_bf16 else "fp32"
         # Autocast keeps float32 master weights and runs matrix products in bfloat16.
         device_type = self.device.type
         self.autocast = (
@@ -462,34 +510,59 @@ class _Trial:
     def _setup_data(self) -> None:
         import torch
 
-        from trainers.data import PadCollator, tokenize_texts
+        from trainers.data import PadCollator, tokenize_cached, tokenizer_fingerprint
 
         data: LabelledData = load_splits(self.settings.data, self.trainer.base_dir)
         self.labels = data.labels
         self.tokenizer = _load_tokenizer(self.settings.model, self.trainer.model_path, self.trainer.base_dir)
         self.collate = PadCollator.for_tokenizer(self.tokenizer)
         self.special_ids = frozenset(self.tokenizer.all_special_ids)
-        self.train_ids = tokenize_texts(self.tokenizer, data.train.texts, self.settings.max_length)
+        token_dir = Path(self.ctx.cache_dir) / "tokens" if self.ctx.cache_dir is not None else None
+        fingerprint = tokenizer_fingerprint(self.tokenizer) if token_dir is not None else None
+        splits = {"train": data.train, "validation": data.validation, "test": data.test}
+        #: Each split's token ids (and their digest, which keys the features of frozen layers).
+        self.tokens = {}
+        for name, split in splits.items():
+            if split is None:
+                continue
+            try:
+                self.tokens[name] = tokenize_cached(
+                    self.tokenizer, split.texts, self.settings.max_length, token_dir, fingerprint=fingerprint
+                )
+            except OSError as error:  # a full or read-only disk costs the cache, not the trial
+                self.ctx.log(f"token cache off for {name}: {error}")
+                self.tokens[name] = tokenize_cached(
+                    self.tokenizer, split.texts, self.settings.max_length, None
+                )
+        cached = [name for name, tokens in self.tokens.items() if tokens.cached]
+        if cached:
+            self.ctx.log(f"token ids of {', '.join(cached)} read from the study's cache")
+        self.train_ids = self.tokens["train"].ids
         self.train_lengths = [len(ids) for ids in self.train_ids]
         self.train_labels = torch.tensor(data.train.label_ids(self.labels), dtype=torch.long)
-        eval_size = self.settings.eval_batch_size or 2 * self.params.batch_size
-        self.validation = self._eval_batches(data.validation, eval_size)
-        self.test = self._eval_batches(data.test, eval_size) if data.test is not None else None
+        self.eval_size = self.settings.eval_batch_size or 2 * self.params.batch_size
+        self.validation = self._eval_batches(
+            self.tokens["validation"].ids, data.validation.label_ids(self.labels)
+        )
+        self.test = (
+            self._eval_batches(self.tokens["test"].ids, data.test.label_ids(self.labels))
+            if data.test is not None
+            else None
+        )
 
     def _eval_batches(
-        self, split: Any, batch_size: int
-    ) -> list[tuple[dict[str, torch.Tensor], torch.Tensor]]:
-        """The split tokenized and collated once, on the device, in length order."""
+        self, ids: list[list[int]], label_ids: list[int]
+    ) -> list[tuple[dict[str, torch.Tensor], torch.Tensor, list[int]]]:
+        """The split collated once, on the device, in length order: ``(inputs, labels, rows)`` per batch."""
         import torch
 
-        from trainers.data import sorted_batches, tokenize_texts
+        from trainers.data import sorted_batches
 
-        ids = tokenize_texts(self.tokenizer, split.texts, self.settings.max_length)
-        labels = torch.tensor(split.label_ids(self.labels), dtype=torch.long)
+        labels = torch.tensor(label_ids, dtype=torch.long)
         batches = []
-        for rows in sorted_batches([len(sequence) for sequence in ids], batch_size):
+        for rows in sorted_batches([len(sequence) for sequence in ids], self.eval_size):
             inputs = self.collate([ids[row] for row in rows])
-            batches.append((self._to_device(inputs), self._to_device(labels[rows])))
+            batches.append((self._to_device(inputs), self._to_device(labels[rows]), rows))
         return batches
 
     def _setup_model(self) -> None:
@@ -518,6 +591,69 @@ class _Trial:
         set_dropout(model, hidden=params.dropout, attention=attention, classifier=params.dropout)
         self.model = model.to(self.device)
         self.trainable = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
+
+    def _setup_features(self) -> None:
+        """Serve the frozen layers' output from the feature cache (see :mod:`trainers.feature_cache`)."""
+        from trainers.feature_cache import CHECK_EXAMPLES, FrozenFeatureCache
+
+        params, settings = self.params, self.settings
+        if not settings.feature_cache or params.freeze_depth == 0:
+            return
+        dtype = settings.feature_cache_dtype
+        if dtype == "auto":
+            dtype = "bfloat16" if self.compute == "bf16" else "float32"
+        cache = FrozenFeatureCache.attach(
+            self.model,
+            params.freeze_depth,
+            forward=self._forward_only,
+            collate=self.collate,
+            to_device=self._to_device,
+            root=Path(self.ctx.cache_dir) / "features" if self.ctx.cache_dir is not None else None,
+            memory_bytes=settings.feature_cache_memory_mb * 2**20,
+            dtype=dtype,
+            compute=self.compute,
+            max_length=settings.max_length,
+            log=self.ctx.log,
+        )
+        if cache is None:
+            return
+        validation = self.tokens["validation"]
+        probe_rows = list(range(min(CHECK_EXAMPLES, len(validation.ids))))
+        try:
+            cache.probe(self.collate([validation.ids[row] for row in probe_rows]))
+            # Augmented training ids differ every epoch: only the splits the model sees as they are.
+            augmented = params.augmentation != "none" and params.augmentation_prob > 0
+            names = [name for name in ("train", "validation", "test") if name in self.tokens]
+            for name in names:
+                if name == "train" and augmented:
+                    self.ctx.log(
+                        f"feature cache: train not cached ({params.augmentation} augmentation changes its ids)"
+                    )
+                    continue
+                tokens = self.tokens[name]
+                cache.prepare(name, tokens.ids, tokens.digest, self.eval_size)
+            ok = cache.verify("validation", probe_rows)
+        except OSError as error:  # a full or read-only disk costs the cache, not the trial
+            self.ctx.log(f"feature cache off: {error}")
+            ok = False
+        except BaseException:
+            cache.close()
+            raise
+        if not ok:
+            cache.close()
+            return
+        self.features = cache
+
+    def _forward_only(self, inputs: dict[str, torch.Tensor]) -> Any:
+        """The model on a CPU batch, moved to the device, under the trial's autocast (for the feature cache)."""
+        with self.autocast():
+            return self.model(**self._to_device(inputs))
+
+    def _serving(self, name: str, rows: list[int]) -> contextlib.AbstractContextManager[None]:
+        """Within the block, the model starts after the frozen layers when ``name`` has cached features."""
+        if self.features is None:
+            return contextlib.nullcontext()
+        return self.features.serving(name, rows)
 
     def _setup_optimization(self) -> None:
         import torch
@@ -611,7 +747,8 @@ class _Trial:
         started = time.perf_counter()
         train = self._train_epoch(epoch)
         train_seconds = time.perf_counter() - started
-        val_loss, val_accuracy, val_f1 = self._evaluate(self.validation)
+        val_loss, val_accuracy, val_f1 = self._evaluate(self.validation, "validation")
+        val_seconds = time.perf_counter() - started - train_seconds
         metrics = {**train, "val_loss": val_loss, "val_accuracy": val_accuracy, "val_f1": val_f1}
         for key in ("train_loss", "train_objective", "val_loss"):
             if not math.isfinite(metrics[key]):
@@ -624,6 +761,7 @@ class _Trial:
             f"epoch {epoch}: "
             + ", ".join(f"{key}={value:.4f}" for key, value in metrics.items())
             + f"; {len(self.train_ids) / train_seconds:.1f} training samples/s"
+            + f" (training {train_seconds:.2f} s, validation {val_seconds:.2f} s)"
         )
         # Checkpoint first: a trial pruned or killed while reporting resumes after this epoch.
         self.ctx.save_checkpoint(self._state(epoch))
@@ -680,6 +818,7 @@ class _Trial:
                 self._train_pass(
                     sequences[start : start + micro],
                     labels[start : start + micro],
+                    rows[start : start + micro],
                     normalizer,
                     sums,
                     confusion,
@@ -699,6 +838,7 @@ class _Trial:
         self,
         sequences: list[list[int]],
         labels: torch.Tensor,
+        rows: list[int],
         normalizer: float,
         sums: torch.Tensor,
         confusion: torch.Tensor,
@@ -709,7 +849,7 @@ class _Trial:
 
         inputs = self._to_device(self.collate(sequences))
         labels = self._to_device(labels)
-        with self.autocast():
+        with self.autocast(), self._serving("train", rows):
             logits = self.model(**inputs).logits.float()
         per_example = F.cross_entropy(
             logits,
@@ -748,9 +888,9 @@ class _Trial:
         self.optimizer.zero_grad(set_to_none=True)
 
     def _evaluate(
-        self, batches: list[tuple[dict[str, torch.Tensor], torch.Tensor]]
+        self, batches: list[tuple[dict[str, torch.Tensor], torch.Tensor, list[int]]], name: str
     ) -> tuple[float, float, float]:
-        """Loss, accuracy and macro F1 over pre-collated batches, with dropout off."""
+        """Loss, accuracy and macro F1 over pre-collated batches of split ``name``, with dropout off."""
         import torch
         import torch.nn.functional as F  # noqa: N812
 
@@ -760,8 +900,9 @@ class _Trial:
         confusion = torch.zeros(n_classes * n_classes, dtype=torch.long, device=self.device)
         count = 0
         with torch.inference_mode(), self.autocast():
-            for inputs, labels in batches:
-                logits = self.model(**inputs).logits.float()
+            for inputs, labels, rows in batches:
+                with self._serving(name, rows):
+                    logits = self.model(**inputs).logits.float()
                 loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
                 confusion.index_add_(0, labels * n_classes + logits.argmax(dim=-1), torch.ones_like(labels))
                 count += len(labels)
@@ -789,7 +930,7 @@ class _Trial:
         }
         if self.test is not None:
             self._load_weights(self.best["weights"])
-            test_loss, test_accuracy, test_f1 = self._evaluate(self.test)
+            test_loss, test_accuracy, test_f1 = self._evaluate(self.test, "test")
             result.update(test_loss=test_loss, test_accuracy=test_accuracy, test_f1=test_f1)
         return result
 

@@ -1,0 +1,841 @@
+"""A cache of what the frozen layers compute, shared by the epochs and the trials of a study.
+
+With ``freeze_depth`` k > 0 the embeddings and the lowest k encoder blocks are frozen and run in
+eval mode (:func:`trainers.regularization.train_mode`): dropout does not act inside them, so
+their output is a pure function of the input. This module computes the hidden states after
+block k once per example and serves them back in every later epoch and every later trial with
+the same k; a trial with a deeper k starts from the deepest shallower cache and runs only the
+extra frozen blocks once.
+
+How the model skips its frozen part. The model's own forward runs unchanged: while a batch is
+being served, the embeddings module returns the cached states of the batch's examples, padded to
+the batch's width, and the frozen blocks pass their input through in the block's own output
+format. The model's attention-mask code, the trainable blocks, the pooler and the head run as
+they always do, so this works for any encoder :func:`trainers.regularization.find_encoder_blocks`
+understands (BERT, RoBERTa, MiniLM, ELECTRA, DistilBERT, ...). A self-check on a few validation
+examples compares the last block's output with and without the cache once per trial; a model for
+which they differ runs uncached, with a log line.
+
+Padding. States are stored per example, unpadded (``tokens x hidden`` rows of one flat array), and
+padded per batch with zeros. Frozen blocks see padding through the attention mask only, so an
+example's states do not depend on what it is batched with (up to float rounding), and padded
+positions never reach a real position in the blocks above.
+
+Where the states live. A trial keeps the states of each split in memory while they fit in
+``memory_bytes`` (all splits together), else memory-maps them from disk. With a shared folder (the
+study's ``cache_dir / "features"``) every entry is also written there, once, for other trials
+and workers: one folder per entry, named by a SHA-256 key of everything that determines it (the
+frozen parameters themselves, the model's config, the token ids, max_length, k, the precision
+the states were computed in and the storage dtype). An entry is written into a temporary folder
+and renamed into place (atomic), under an exclusive ``fcntl.flock`` on ``<key>.lock``: two workers
+that need the same entry compute it once, and readers never see a partial entry. Without a
+shared folder, states that do not fit in memory go to a temporary folder removed when the trial
+ends.
+
+The dtype. ``float32`` reproduces the uncached trial to float rounding; ``float16`` and
+``bfloat16`` (stored as ``uint16``) halve memory and disk at the cost of half-precision rounding of
+the frozen layers' output. The trainer's ``auto`` picks float32 for float32 trials and bfloat16
+for trials under bfloat16 autocast (their matrix products round to bfloat16 anyway).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from torch import nn
+
+#: Bump when the layout of an entry or the meaning of a key changes: old entries are then ignored.
+FORMAT = 1
+DTYPES = ("float32", "float16", "bfloat16")
+#: How many validation examples the self-check runs through the model twice.
+CHECK_EXAMPLES = 8
+#: Largest relative difference (Frobenius norm) the self-check accepts, by storage/compute precision.
+CHECK_TOLERANCE = {"exact": 1e-3, "half": 5e-2}
+#: Config fields that do not change what the frozen layers compute in eval mode.
+_CONFIG_IGNORED = frozenset(
+    {
+        "id2label",
+        "label2id",
+        "num_labels",
+        "problem_type",
+        "architectures",
+        "finetuning_task",
+        "transformers_version",
+        "torch_dtype",
+        "dtype",
+        "return_dict",
+        "output_attentions",
+        "output_hidden_states",
+        "use_cache",
+        "classifier_dropout",
+        "seq_classif_dropout",
+        "hidden_dropout_prob",
+        "hidden_dropout",
+        "attention_probs_dropout_prob",
+        "attention_dropout",
+        "dropout",
+        "resid_pdrop",
+        "embd_pdrop",
+        "attn_pdrop",
+    }
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Shared on-disk entries: one folder per key, written once, atomically, under a lock
+# --------------------------------------------------------------------------------------------
+
+
+def digest(value: Any) -> str:
+    """SHA-256 (hex) of ``value`` written as canonical JSON."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path) -> Iterator[bool]:
+    """Hold an exclusive ``flock`` on ``path`` (created if needed); yields whether it is held.
+
+    Where the file system refuses locks the block still runs (yielding False): entries are
+    renamed into place atomically, so the worst case is the same entry computed twice.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        fcntl = None
+    with open(path, "a+b") as handle:
+        locked = False
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+                locked = True
+            except OSError:
+                locked = False
+        try:
+            yield locked
+        finally:
+            if locked:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def shared_entry(root: Path, key: str, create: Callable[[Path], None]) -> tuple[Path, bool]:
+    """The folder ``root / key``, created by ``create(folder)`` unless it already exists.
+
+    ``create`` fills a fresh temporary folder next to the entry; it is renamed into place only
+    when ``create`` returns. Concurrent callers (threads, processes, workers on a shared file
+    system) serialize on ``root / (key + ".lock")``: one creates, the others wait and get its
+    entry. An entry that exists is complete.
+
+    Returns:
+        the entry's folder and whether this call created it.
+    """
+    entry = root / key
+    if entry.is_dir():
+        return entry, False
+    root.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(root / f"{key}.lock") as locked:
+        if entry.is_dir():
+            return entry, False
+        if locked:  # whoever left these died while writing: nobody else can be writing this key now
+            for stale in root.glob(f".{key}.*.tmp"):
+                shutil.rmtree(stale, ignore_errors=True)
+        scratch = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=root))
+        try:
+            create(scratch)
+            _fsync(scratch)
+            try:
+                os.rename(scratch, entry)
+            except OSError:
+                if not entry.is_dir():
+                    raise
+                shutil.rmtree(scratch, ignore_errors=True)  # another writer won (no lock here)
+                return entry, False
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+        _fsync(root)
+    return entry, True
+
+
+def save_array(path: Path, array: np.ndarray) -> None:
+    """``np.save`` to ``path`` and flush it to disk."""
+    import numpy as np
+
+    with open(path, "wb") as stream:
+        np.save(stream, array, allow_pickle=False)
+        stream.flush()
+        os.fsync(stream.fileno())
+
+
+def save_json(path: Path, value: Any) -> None:
+    with open(path, "w", encoding="utf-8") as stream:
+        json.dump(value, stream, sort_keys=True, indent=1, default=str)
+        stream.flush()
+        os.fsync(stream.fileno())
+
+
+def _fsync(path: Path) -> None:
+    """Flush a folder's (or file's) metadata, so a rename survives a crash; best effort."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+# --------------------------------------------------------------------------------------------
+# Keys: what determines the states after block k
+# --------------------------------------------------------------------------------------------
+
+
+def frozen_fingerprints(model: nn.Module, depth: int) -> list[str]:
+    """Fingerprints of the model's frozen part at depths ``1..depth`` (index ``j - 1`` for depth j).
+
+    Depth j covers the model class, its config (less labels and dropout, which do not change
+    what frozen layers compute in eval mode), the transformers version, and the exact values
+    of every parameter and buffer of the embeddings and blocks ``0..j-1``. The digests chain, so
+    the fingerprint of every shallower depth comes for free (used to find a shallower cache).
+    Hashing runs at memory speed (about 50 ms for MiniLM's 90 MB).
+    """
+    import transformers
+
+    from trainers.regularization import find_encoder_blocks
+
+    embeddings, blocks = find_encoder_blocks(model)
+    config = getattr(model, "config", None)
+    settings = config.to_dict() if config is not None else {}
+    settings = {
+        key: value
+        for key, value in settings.items()
+        if key not in _CONFIG_IGNORED and not key.startswith("_")
+    }
+    base = getattr(model, "base_model", model)
+    hasher = hashlib.sha256()
+    hasher.update(
+        digest(
+            {"class": type(base).__name__, "config": settings, "transformers": transformers.__version__}
+        ).encode()
+    )
+    _hash_module(hasher, embeddings)
+    fingerprints = []
+    for block in blocks[:depth]:
+        _hash_module(hasher, block)
+        fingerprints.append(hasher.copy().hexdigest())
+    return fingerprints
+
+
+def _hash_module(hasher: Any, module: nn.Module) -> None:
+    import torch
+
+    named = sorted([*module.named_parameters(), *module.named_buffers()], key=lambda item: item[0])
+    for name, tensor in named:
+        value = tensor.detach().to("cpu").contiguous()
+        hasher.update(f"{name}:{tuple(value.shape)}:{value.dtype};".encode())
+        if value.numel():
+            hasher.update(value.reshape(-1).view(torch.uint8).numpy())
+
+
+def features_key(
+    fingerprint: str, ids_digest: str, max_length: int, depth: int, dtype: str, compute: str
+) -> str:
+    """The cache key of one split's states after block ``depth``."""
+    return digest(
+        {
+            "kind": "frozen-features",
+            "format": FORMAT,
+            "model": fingerprint,
+            "tokens": ids_digest,
+            "max_length": int(max_length),
+            "depth": int(depth),
+            "dtype": dtype,
+            "compute": compute,
+        }
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# One split's states: a flat (tokens x hidden) array and the examples' lengths
+# --------------------------------------------------------------------------------------------
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    import torch
+
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def _numpy_dtype(name: str) -> np.dtype:
+    import numpy as np
+
+    # numpy has no bfloat16: its bits are stored as uint16.
+    return np.dtype({"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}[name])
+
+
+def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    import torch
+
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view("uint16")
+    return tensor.numpy()
+
+
+def _from_numpy(array: np.ndarray, dtype: str) -> torch.Tensor:
+    import numpy as np
+    import torch
+
+    array = np.ascontiguousarray(array)
+    if dtype == "bfloat16":
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
+
+
+class FeatureStore:
+    """The states of one split after block k: rows of a flat ``(tokens, hidden)`` array.
+
+    Args:
+        states: a tensor in memory or a read-only numpy memmap (on disk).
+        lengths: each example's token count, in split order.
+        dtype: the storage dtype's name (``float32``, ``float16``, ``bfloat16``).
+        path: the entry's folder when the states come from (or went to) disk.
+    """
+
+    def __init__(self, states: Any, lengths: Sequence[int], dtype: str, path: Path | None = None) -> None:
+        import torch
+
+        self.states = states
+        self.lengths = torch.as_tensor(list(lengths), dtype=torch.long)
+        self.offsets = torch.cumsum(self.lengths, 0) - self.lengths
+        self.dtype = dtype
+        self.path = path
+        self.hidden = int(states.shape[1])
+
+    @property
+    def in_memory(self) -> bool:
+        import torch
+
+        return isinstance(self.states, torch.Tensor)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.states.shape[0]) * self.hidden * _numpy_dtype(self.dtype).itemsize
+
+    def positions(self, rows: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mask, index)``: the batch's attention mask (rows x width) and the flat rows of its real positions."""
+        import torch
+
+        rows_t = torch.as_tensor(list(rows), dtype=torch.long)
+        lengths = self.lengths[rows_t]
+        width = int(lengths.max()) if len(rows_t) else 0
+        grid = torch.arange(width)
+        mask = grid[None, :] < lengths[:, None]
+        index = (self.offsets[rows_t][:, None] + grid[None, :])[mask]
+        return mask, index
+
+    def batch(self, rows: Sequence[int]) -> torch.Tensor:
+        """The states of ``rows``, zero-padded to their longest: ``(len(rows), width, hidden)``, storage dtype, CPU."""
+        mask, index = self.positions(rows)
+        if self.in_memory:
+            values = self.states[index]
+        else:
+            import numpy as np
+
+            values = _from_numpy(np.take(self.states, index.numpy(), axis=0), self.dtype)
+        out = values.new_zeros((mask.shape[0], mask.shape[1], self.hidden))
+        out[mask] = values
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# Serving states through the model's own forward
+# --------------------------------------------------------------------------------------------
+
+
+class _Captured(Exception):  # noqa: N818 - control flow, not an error
+    """Raised by a hook to stop a forward once the wanted block's output is in hand."""
+
+    def __init__(self, states: torch.Tensor) -> None:
+        super().__init__("captured")
+        self.states = states
+
+
+def _hidden_of(output: Any) -> torch.Tensor:
+    """The hidden states in a block's output (a tensor, or a tuple whose first item they are)."""
+    return output[0] if isinstance(output, tuple | list) else output
+
+
+class _ModelPatch:
+    """Overrides ``forward`` of the embeddings and the blocks below ``depth`` while states are served.
+
+    Outside :meth:`serving` every overridden module runs its own forward.
+    """
+
+    def __init__(self, embeddings: nn.Module, blocks: Sequence[nn.Module], depth: int) -> None:
+        self.embeddings = embeddings
+        self.blocks = list(blocks)
+        self.depth = depth
+        self.served: torch.Tensor | None = None
+        self.served_depth = 0
+        #: Each frozen block's output format, learnt from a real forward: None (a tensor) or a tuple's length.
+        self.formats: list[int | None] | None = None
+        self._originals: list[tuple[nn.Module, Any]] = []
+        self._install()
+
+    def _install(self) -> None:
+        original = self.embeddings.forward
+
+        def embeddings_forward(*args: Any, **kwargs: Any) -> Any:
+            if self.served is None:
+                return original(*args, **kwargs)
+            input_ids = kwargs.get("input_ids", args[0] if args else None)
+            if input_ids is not None and tuple(input_ids.shape) != tuple(self.served.shape[:2]):
+                raise RuntimeError(
+                    f"feature cache: served states of shape {tuple(self.served.shape)} for input ids of shape "
+                    f"{tuple(input_ids.shape)}"
+                )
+            return self.served
+
+        self._originals.append((self.embeddings, original))
+        self.embeddings.forward = embeddings_forward
+        for index, block in enumerate(self.blocks[: self.depth]):
+            self._originals.append((block, block.forward))
+            block.forward = self._block_forward(index, block.forward)
+
+    def _block_forward(self, index: int, original: Callable[..., Any]) -> Callable[..., Any]:
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            if self.served is None or index >= self.served_depth:
+                return original(*args, **kwargs)
+            hidden = (
+                args[0]
+                if args
+                else next(kwargs[name] for name in ("hidden_states", "hidden_state", "x") if name in kwargs)
+            )
+            size = self.formats[index] if self.formats is not None else None
+            return hidden if size is None else (hidden, *([None] * (size - 1)))
+
+        return forward
+
+    @contextlib.contextmanager
+    def serving(self, states: torch.Tensor, depth: int) -> Iterator[None]:
+        """Within the block, the model starts from ``states`` as the output of block ``depth``."""
+        if self.formats is None:
+            raise RuntimeError(
+                "feature cache: serve states only after a probe has learnt the blocks' output format"
+            )
+        previous = self.served, self.served_depth
+        self.served, self.served_depth = states, depth
+        try:
+            yield
+        finally:
+            self.served, self.served_depth = previous
+
+    def remove(self) -> None:
+        for module, _ in self._originals:
+            module.__dict__.pop("forward", None)
+        self._originals = []
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """The whole model in eval mode, each module's previous mode restored afterwards."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+# --------------------------------------------------------------------------------------------
+# The cache of one trial
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SplitSource:
+    """How a split's states were obtained: ``computed``, ``loaded`` or ``extended`` (from ``from_depth``)."""
+
+    how: str
+    seconds: float
+    from_depth: int | None = None
+    in_memory: bool = True
+
+
+class FrozenFeatureCache:
+    """The frozen-layer states of one trial's splits, and the hooks that serve them to its model.
+
+    Use: :meth:`attach` (None when the model is not supported), :meth:`probe` on a few
+    examples, :meth:`prepare` each split, :meth:`verify`, then wrap each forward in
+    :meth:`serving`; :meth:`close` at the end of the trial.
+
+    Args:
+        model: the classifier; its embeddings and blocks below ``depth`` must be frozen.
+        depth: how many encoder blocks are frozen (> 0).
+        forward: runs the model on a collated CPU batch (moving it to the device, under the
+            trial's autocast); its result is ignored.
+        collate: turns a list of token-id lists into a padded CPU batch (the trial's collator).
+        to_device: moves a CPU tensor to the trial's device (pinned, non-blocking on a GPU).
+        root: the shared folder of entries, or None for a private cache (this trial only).
+        memory_bytes: how many bytes of states this trial keeps in memory; the rest is memory-mapped.
+        dtype: the storage dtype, one of :data:`DTYPES`.
+        compute: the precision the model computes in (``fp32`` or ``bf16``), part of the key.
+        max_length: the trial's truncation length, part of the key.
+        log: where progress lines go.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        depth: int,
+        *,
+        embeddings: nn.Module,
+        blocks: Sequence[nn.Module],
+        forward: Callable[[dict[str, torch.Tensor]], Any],
+        collate: Callable[[Sequence[Sequence[int]]], dict[str, torch.Tensor]],
+        to_device: Callable[[torch.Tensor], torch.Tensor],
+        root: Path | None,
+        memory_bytes: int,
+        dtype: str,
+        compute: str,
+        max_length: int,
+        log: Callable[[str], None],
+    ) -> None:
+        if dtype not in DTYPES:
+            raise ValueError(f"feature cache dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
+        self.model = model
+        self.depth = depth
+        self.blocks = list(blocks)
+        self.forward = forward
+        self.collate = collate
+        self.to_device = to_device
+        self.root = root
+        self.memory_left = max(0, int(memory_bytes))
+        self.dtype = dtype
+        self.compute = compute
+        self.max_length = max_length
+        self.log = log
+        self.fingerprints = frozen_fingerprints(model, depth)
+        self.patch = _ModelPatch(embeddings, blocks, depth)
+        self.stores: dict[str, FeatureStore] = {}
+        self.sources: dict[str, SplitSource] = {}
+        self.served_dtype: torch.dtype | None = None
+        self._reference: tuple[dict[str, torch.Tensor], torch.Tensor] | None = None
+        self._private: Path | None = None
+
+    @classmethod
+    def attach(cls, model: nn.Module, depth: int, **options: Any) -> FrozenFeatureCache | None:
+        """A cache for ``model`` frozen to ``depth``, or None (with a log line) when it cannot have one."""
+        from torch import nn
+
+        from trainers.regularization import find_encoder_blocks
+
+        log = options["log"]
+        if depth <= 0:
+            return None
+        try:
+            embeddings, blocks = find_encoder_blocks(model)
+        except ValueError as error:
+            log(f"feature cache off: {error}")
+            return None
+        if isinstance(embeddings, nn.ModuleList) or depth > len(blocks):
+            log(f"feature cache off: {type(model).__name__} has no single embeddings module to stand in for")
+            return None
+        return cls(model, depth, embeddings=embeddings, blocks=blocks, **options)
+
+    # ---- running the model ---------------------------------------------------------------
+
+    def _capture(self, inputs: dict[str, torch.Tensor], block: nn.Module) -> torch.Tensor:
+        """Run the model on ``inputs`` until ``block`` has run; its output hidden states."""
+
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            raise _Captured(_hidden_of(output))
+
+        handle = block.register_forward_hook(hook)
+        try:
+            self.forward(inputs)
+        except _Captured as captured:
+            return captured.states
+        finally:
+            handle.remove()
+        raise RuntimeError(f"feature cache: the model's forward never ran {type(block).__name__}")
+
+    def probe(self, inputs: dict[str, torch.Tensor]) -> None:
+        """Run a few examples without the cache: learn the frozen blocks' output format and keep
+        the last block's output for :meth:`verify`."""
+        import torch
+
+        formats: list[int | None] = [None] * self.depth
+        outputs: dict[int, torch.Tensor] = {}
+
+        def recorder(index: int) -> Callable[..., None]:
+            def hook(module: nn.Module, args: Any, output: Any) -> None:
+                formats[index] = len(output) if isinstance(output, tuple | list) else None
+                outputs[index] = _hidden_of(output)
+
+            return hook
+
+        handles = [
+            block.register_forward_hook(recorder(i)) for i, block in enumerate(self.blocks[: self.depth])
+        ]
+        try:
+            with torch.no_grad(), _eval_mode(self.model):
+                last = self._capture(inputs, self.blocks[-1])
+        finally:
+            for handle in handles:
+                handle.remove()
+        self.patch.formats = formats
+        self.served_dtype = outputs[self.depth - 1].dtype
+        self._reference = (inputs, last.detach().float().cpu())
+
+    def verify(self, name: str, rows: Sequence[int]) -> bool:
+        """Run the probe's examples (``rows`` of split ``name``) with the cache: True when the last
+        block's output matches the probe's, within float (or half-precision) rounding."""
+        import torch
+
+        if self._reference is None:
+            raise RuntimeError("feature cache: verify needs a probe first")
+        if name not in self.stores:
+            return True
+        inputs, reference = self._reference
+        with torch.no_grad(), _eval_mode(self.model), self.serving(name, rows):
+            last = self._capture(inputs, self.blocks[-1]).detach().float().cpu()
+        mask = inputs["attention_mask"].bool()
+        expected, got = reference[mask], last[mask]
+        error = float((got - expected).norm() / expected.norm().clamp_min(1e-12))
+        exact = self.dtype == "float32" and self.compute == "fp32"
+        tolerance = CHECK_TOLERANCE["exact" if exact else "half"]
+        if not error <= tolerance:
+            self.log(
+                f"feature cache off: with the cache, the last layer's output differs by {error:.2e} (relative) "
+                f"from the model's own on {len(rows)} {name} examples; {type(self.model).__name__} runs uncached"
+            )
+            return False
+        return True
+
+    # ---- filling and loading -------------------------------------------------------------
+
+    def prepare(
+        self, name: str, sequences: Sequence[Sequence[int]], ids_digest: str, batch_size: int
+    ) -> FeatureStore:
+        """The states of split ``name`` (its token ids ``sequences``): loaded, extended from a
+        shallower cache, or computed; kept in memory if they fit what is left of the budget."""
+        started = time.perf_counter()
+        lengths = [len(ids) for ids in sequences]
+        hidden = int(self._reference[1].shape[-1]) if self._reference is not None else None
+        if hidden is None:
+            raise RuntimeError("feature cache: prepare needs a probe first")
+        nbytes = sum(lengths) * hidden * _numpy_dtype(self.dtype).itemsize
+        in_memory = nbytes <= self.memory_left
+        if in_memory:
+            self.memory_left -= nbytes
+        key = features_key(
+            self.fingerprints[self.depth - 1],
+            ids_digest,
+            self.max_length,
+            self.depth,
+            self.dtype,
+            self.compute,
+        )
+        computed: dict[str, Any] = {}
+
+        def create(folder: Path) -> None:
+            source = self._shallower(ids_digest, lengths, hidden) if self.root is not None else None
+            states = self._compute(sequences, lengths, hidden, batch_size, folder, in_memory, source)
+            save_array(folder / "lengths.npy", _lengths_array(lengths))
+            save_json(
+                folder / "meta.json",
+                {
+                    "format": FORMAT,
+                    "depth": self.depth,
+                    "dtype": self.dtype,
+                    "compute": self.compute,
+                    "max_length": self.max_length,
+                    "examples": len(lengths),
+                    "tokens": sum(lengths),
+                    "hidden": hidden,
+                    "from_depth": source[1] if source else 0,
+                    "seconds": round(time.perf_counter() - started, 3),
+                },
+            )
+            computed.update(states=states, from_depth=source[1] if source else None)
+
+        if self.root is None and in_memory:
+            states = self._compute(sequences, lengths, hidden, batch_size, None, True, None)
+            store = FeatureStore(states, lengths, self.dtype)
+            self._record(name, store, "computed", started, None)
+            return store
+        root = self.root if self.root is not None else self._private_root()
+        entry, created = shared_entry(root, key, create)
+        if created and in_memory:
+            store = FeatureStore(computed["states"], lengths, self.dtype, entry)
+        else:
+            store = self._load(entry, lengths, hidden, in_memory)
+        how = ("extended" if computed.get("from_depth") else "computed") if created else "loaded"
+        self._record(name, store, how, started, computed.get("from_depth"))
+        return store
+
+    def _record(
+        self, name: str, store: FeatureStore, how: str, started: float, from_depth: int | None
+    ) -> None:
+        seconds = time.perf_counter() - started
+        self.stores[name] = store
+        self.sources[name] = SplitSource(how, seconds, from_depth, store.in_memory)
+        origin = f" from the depth-{from_depth} cache" if from_depth else ""
+        where = "in memory" if store.in_memory else f"memory-mapped from {store.path}"
+        self.log(
+            f"feature cache: {name} states after block {self.depth} {how}{origin} in {seconds:.2f} s "
+            f"({len(store.lengths)} examples, {store.nbytes / 2**20:.1f} MiB {self.dtype}, {where})"
+        )
+
+    def _private_root(self) -> Path:
+        if self._private is None:
+            self._private = Path(tempfile.mkdtemp(prefix="ftsweep-features-"))
+        return self._private
+
+    def _shallower(
+        self, ids_digest: str, lengths: Sequence[int], hidden: int
+    ) -> tuple[FeatureStore, int] | None:
+        """The deepest existing shared entry of the same split at a depth below this one."""
+        assert self.root is not None
+        for depth in range(self.depth - 1, 0, -1):
+            key = features_key(
+                self.fingerprints[depth - 1], ids_digest, self.max_length, depth, self.dtype, self.compute
+            )
+            entry = self.root / key
+            if entry.is_dir():
+                store = self._load(entry, lengths, hidden, in_memory=False)
+                if store is not None:
+                    return store, depth
+        return None
+
+    def _load(self, entry: Path, lengths: Sequence[int], hidden: int, in_memory: bool) -> FeatureStore:
+        """An entry's states, checked against the split (its lengths, the hidden size and dtype)."""
+        import numpy as np
+
+        meta = json.loads((entry / "meta.json").read_text(encoding="utf-8"))
+        stored_lengths = np.load(entry / "lengths.npy")
+        states = np.load(entry / "states.npy", mmap_mode="r")
+        expected = (sum(lengths), hidden)
+        if (
+            meta.get("format") != FORMAT
+            or meta.get("dtype") != self.dtype
+            or tuple(states.shape) != expected
+            or states.dtype != _numpy_dtype(self.dtype)
+            or not np.array_equal(stored_lengths, _lengths_array(lengths))
+        ):
+            raise RuntimeError(
+                f"feature cache: the entry {entry} does not match the split it is keyed for "
+                f"(states {tuple(states.shape)} {states.dtype}, expected {expected} {self.dtype}); delete it"
+            )
+        if in_memory:
+            return FeatureStore(_from_numpy(np.array(states), self.dtype), lengths, self.dtype, entry)
+        return FeatureStore(states, lengths, self.dtype, entry)
+
+    def _compute(
+        self,
+        sequences: Sequence[Sequence[int]],
+        lengths: Sequence[int],
+        hidden: int,
+        batch_size: int,
+        folder: Path | None,
+        in_memory: bool,
+        source: tuple[FeatureStore, int] | None,
+    ) -> Any:
+        """Run the frozen part over the split, in length-sorted batches; the states in storage dtype.
+
+        With ``source`` (a shallower store and its depth), only the blocks between that depth and
+        this one run. The states go to a tensor (``in_memory``) or straight into a memory-mapped
+        ``folder / "states.npy"``, so a split larger than memory is never held whole.
+        """
+        import numpy as np
+        import torch
+
+        from trainers.data import sorted_batches
+
+        total = sum(lengths)
+        storage = _torch_dtype(self.dtype)
+        if in_memory:
+            states: Any = torch.empty((total, hidden), dtype=storage)
+        else:
+            states = np.lib.format.open_memmap(
+                folder / "states.npy", mode="w+", dtype=_numpy_dtype(self.dtype), shape=(total, hidden)
+            )
+        layout = FeatureStore(torch.empty((0, hidden)), lengths, self.dtype)
+        collate = self.collate
+        block = self.blocks[self.depth - 1]
+        with torch.no_grad(), _eval_mode(self.model):
+            for rows in sorted_batches(lengths, batch_size):
+                inputs = collate([sequences[row] for row in rows])
+                if source is not None:
+                    start, start_depth = source
+                    with self.patch.serving(self._served(start.batch(rows)), start_depth):
+                        output = self._capture(inputs, block)
+                else:
+                    output = self._capture(inputs, block)
+                mask, index = layout.positions(rows)
+                values = output[mask.to(output.device)].to("cpu", storage)
+                if in_memory:
+                    states[index] = values
+                else:
+                    states[index.numpy()] = _to_numpy(values)
+        if in_memory:
+            if folder is not None:
+                save_array(folder / "states.npy", _to_numpy(states))
+            return states
+        states.flush()
+        with open(folder / "states.npy", "rb+") as stream:
+            os.fsync(stream.fileno())
+        del states
+        return None
+
+    # ---- serving -------------------------------------------------------------------------
+
+    def _served(self, states: torch.Tensor) -> torch.Tensor:
+        """A CPU batch of stored states on the device, in the dtype the frozen blocks produce."""
+        return self.to_device(states).to(self.served_dtype)
+
+    def has(self, name: str) -> bool:
+        return name in self.stores
+
+    @contextlib.contextmanager
+    def serving(self, name: str, rows: Sequence[int]) -> Iterator[None]:
+        """Within the block, a forward of the batch ``rows`` of split ``name`` starts after the
+        frozen blocks (a no-op for a split without states)."""
+        store = self.stores.get(name)
+        if store is None:
+            yield
+            return
+        with self.patch.serving(self._served(store.batch(rows)), self.depth):
+            yield
+
+    def close(self) -> None:
+        """Give the model its own forwards back and drop the states (and a private folder)."""
+        self.patch.remove()
+        self.stores = {}
+        if self._private is not None:
+            shutil.rmtree(self._private, ignore_errors=True)
+            self._private = None
+
+
+def _lengths_array(lengths: Sequence[int]) -> np.ndarray:
+    import numpy as np
+
+    return np.asarray(list(lengths), dtype=np.int64)
