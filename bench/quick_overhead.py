@@ -22,14 +22,16 @@ from orchestrator.config import load_sweep
 from orchestrator.runner import run_sweep
 
 
-def measure(folder: Path, n_trials: int, tracking: bool) -> tuple[float, float]:
-    name = f"overhead-{'on' if tracking else 'off'}"
+def measure(folder: Path, n_trials: int, tracking: bool, backend: str = "local") -> tuple[float, float]:
+    name = f"overhead-{backend}-{'on' if tracking else 'off'}"
     sweep = {
         "study": {"name": name, "metric": "score", "n_trials": n_trials, "storage": f"sqlite:///{folder / 'ftsweep.db'}",
                   "pruner": {"name": "median"}},
         "trainer": {"name": "noop", "epochs": 3},
         "search_space": {"x": {"type": "float", "low": -2, "high": 3}},
-        "execution": {"workers": 2, "checkpoint_dir": str(folder / "checkpoints")},
+        "execution": {"workers": 2, "checkpoint_dir": str(folder / "checkpoints")}
+        if backend == "local"
+        else {"backend": "ray", "max_concurrent_trials": 2, "checkpoint_dir": str(folder / "checkpoints")},
         "tracking": {"enabled": tracking, "mlflow_uri": f"sqlite:///{folder / 'mlflow.db'}"},
     }
     path = folder / f"{name}.yaml"
@@ -65,6 +67,7 @@ def measure_optuna(folder: Path, n_trials: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-trials", type=int, default=200)
+    parser.add_argument("--ray-trials", type=int, default=40, help="trials for the ray backend (0: skip it)")
     args = parser.parse_args()
     print(f"cpus: {os.cpu_count()}, optuna {optuna.__version__}, load average {os.getloadavg()[0]:.2f}")
     print("| ftsweep local, noop trials, 2 workers, SQLite | trials | ms per trial | total s (with start-up) |")
@@ -73,6 +76,9 @@ def main() -> None:
         for tracking in (True, False):
             per_trial, total = measure(Path(folder), args.n_trials, tracking)
             print(f"| MLflow tracking {'on' if tracking else 'off'} | {args.n_trials} | {per_trial:.1f} | {total:.1f} |")
+        if args.ray_trials:
+            per_trial, total = measure(Path(folder), args.ray_trials, False, backend="ray")
+            print(f"| ftsweep ray backend (local Ray, 2 at once), MLflow off | {args.ray_trials} | {per_trial:.1f} | {total:.1f} |")
         optuna_ms = measure_optuna(Path(folder), args.n_trials)
         print(f"| Optuna optimize(), n_jobs=2, same kind of file (no MLflow) | {args.n_trials} | {optuna_ms:.1f} | |")
 
