@@ -299,8 +299,8 @@ def main() -> None:
         f"Wall speed-up {speedup:.2f}x ({'meets' if speedup >= TARGET else 'below'} the {TARGET:.1f}x target), "
         f"CPU-time speed-up {cpu_off / cpu_on:.2f}x; final val_f1 {'matches' if matches else 'DIFFERS'} in every "
         "trial. Trial s: start to end of each trial in the study (model loading included); CPU s: the trial "
-        "process's own CPU time (its log's last line), which other load on the machine barely moves; cache "
-        "use: computed / loaded / extended@k (from the depth-k cache) per split."
+        "process's own CPU time (its log's last line; on a shared or virtual machine other load inflates it "
+        "too); cache use: computed / loaded / extended@k (from the depth-k cache) per split."
     )
 
 

@@ -139,6 +139,7 @@ def child_main(args: argparse.Namespace) -> None:
         "tail_s": end - last.timestamp(),
         "tracker": totals,
         "tracking_errors": outcome.tracking_errors[:3],
+        "fail_reasons": sorted({str(t.user_attrs.get("reason")) for t in study.trials if t.state.name == "FAIL"}),
     }
     Path(args.out).write_text(json.dumps(result))
 
@@ -289,6 +290,11 @@ def main() -> None:
     print(f"- synchronous, once per run (not in the share above): open {opened:.2f} s (imports mlflow, creates the store's"
           f" schema and the experiment), start_study {started:.2f} s (parent run, params, 3 artifacts), close {drain:.2f} s"
           " (drains the queue, ends the parent run)")
+    for tracking in ("on", "off"):
+        failed = sum(r["states"].get("FAIL", 0) for r in runs[tracking])
+        if failed:
+            reasons = sorted({reason for r in runs[tracking] for reason in r.get("fail_reasons", [])})
+            print(f"- tracking {tracking}: {failed} failed trial(s) over all runs: {'; '.join(reasons)}")
     errors = [e for r in runs["on"] for e in r["tracking_errors"]]
     if errors:
         print(f"- tracking errors: {errors[:3]}")

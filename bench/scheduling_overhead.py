@@ -49,12 +49,6 @@ SYSTEMS = {
     "raytune-reuse": "Ray Tune Tuner + OptunaSearch, reuse_actors=True",
     "ftsweep-ray": "ftsweep, ray backend (max_concurrent_trials 2), MLflow tracking on",
 }
-#: Run with the profile: what ftsweep would measure with one change made in the benchmark's own process.
-WHAT_IF = {
-    "ftsweep-local-preload": "what-if: ftsweep local (tracking on) with trainers.base and the trainer's module "
-    "preloaded in the fork server",
-    "ftsweep-local-preload-wal": "what-if: the same, and the study's SQLite file in WAL mode with synchronous=NORMAL",
-}
 RAY_SYSTEMS = ("raytune", "raytune-reuse", "ftsweep-ray")
 TARGET_OPTUNA = 1.5
 TARGET_RAY = 0.5
@@ -220,36 +214,9 @@ def _child_ftsweep(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
 
     from orchestrator.runner import run_sweep
 
-    if args.child.startswith("ftsweep-local-preload"):
-        # The fork server imports only the trainer class's ``preload_modules``; the noop trainer lists none,
-        # so every trial process imports trainers.base (pydantic models) and trainers.noop after the fork.
-        from trainers.noop import NoopTrainer
-
-        NoopTrainer.preload_modules = (*NoopTrainer.preload_modules, "trainers.base", NoopTrainer.__module__)
     counter = SqlCounter()
     marks: dict[str, Any] = {}
     timer = _instrument_ftsweep(counter, marks, args.profile_out)
-    if args.child == "ftsweep-local-preload-wal":
-        # Commits stop waiting for fsync (the WAL is synced at checkpoints); a killed process loses nothing,
-        # a power cut can lose the last transactions.
-        from sqlalchemy import event
-
-        import orchestrator.runner as runner
-
-        counted_open = runner.open_storage
-
-        def open_storage_wal(url: str) -> Any:
-            storage = counted_open(url)
-
-            def pragmas(connection: Any, record: Any) -> None:
-                connection.execute("PRAGMA journal_mode=WAL")
-                connection.execute("PRAGMA synchronous=NORMAL")
-
-            event.listen(storage.engine, "connect", pragmas)
-            storage.engine.dispose()
-            return storage
-
-        runner.open_storage = open_storage_wal
     backend = "ray" if args.child == "ftsweep-ray" else "local"
     sweep = noop_sweep(
         folder, "bench", n_trials=args.n, workers=args.workers, tracking=args.child != "ftsweep-local-notrack",
@@ -468,7 +435,7 @@ def main() -> None:
                         help="cProfile an extra ftsweep-local run: auto = when ftsweep misses the Optuna target")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (databases, logs, profiles)")
     # internal: one system in a child process
-    parser.add_argument("--child", choices=(*SYSTEMS, *WHAT_IF), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=tuple(SYSTEMS), help=argparse.SUPPRESS)
     parser.add_argument("--dir", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
@@ -518,16 +485,8 @@ def main() -> None:
         )
         profile_path = root / "ftsweep-local.prof"
         profiled = None
-        what_if: dict[str, dict[str, Any]] = {}
         if want_profile and "ftsweep-local" in results:
             profiled = run_child("ftsweep-local", args.n_trials, args, root, profile_out=profile_path)
-            for system in WHAT_IF:
-                runs = []
-                for _ in range(max(1, args.repeat)):
-                    mark = other.mark()
-                    runs.append(run_child(system, args.n_trials, args, root))
-                    runs[-1]["other_cores"] = other.since(mark)
-                what_if[system] = _median_result(runs)
         other.stop()
 
         extra = [
@@ -598,22 +557,6 @@ def main() -> None:
             print_phases("ftsweep-local-notrack", results["ftsweep-local-notrack"])
         if profiled is not None:
             print_profile(profile_path, profiled)
-        if what_if:
-            print("### What-if (changes made only inside the benchmark's process, not in ftsweep)\n")
-            rows = []
-            for system, r in what_if.items():
-                ms = r["span_s"] / r["trials"] * 1000
-                ratio = f"{ms / optuna_ms:.2f}×" if optuna_ms else "n/a"
-                states = ", ".join(f"{count} {state.lower()}" for state, count in sorted(r["states"].items()))
-                rows.append([WHAT_IF[system], r["trials"], f"{ms:.1f}", ratio, f"{r['startup_s']:.2f}", states,
-                             f"{r['other_cores']:.2f}"])
-            print(markdown_table(
-                ["system", "trials", "ms per trial", "ratio to Optuna optimize()", "start-up seconds", "trial states",
-                 "other processes' CPU, cores"], rows
-            ))
-            print()
-            for system, r in what_if.items():
-                print_phases(system, r)
         if args.keep:
             print(f"(kept {root})", file=sys.stderr)
     finally:
