@@ -388,9 +388,10 @@ def child_main(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------------------------
 def run_child(system: str, n: int, args: argparse.Namespace, root: Path, profile_out: Path | None = None) -> dict[str, Any]:
     label = system + ("-profile" if profile_out else "")
-    folder = root / label
-    out = root / f"{label}.json"
-    log = root / f"{label}.log"
+    index = sum(1 for _ in root.glob(f"{label}-run*.json"))
+    folder = root / f"{label}-run{index}"
+    out = root / f"{label}-run{index}.json"
+    log = root / f"{label}-run{index}.log"
     ray_temp = tempfile.mkdtemp(prefix="rb", dir="/tmp")
     command = [
         sys.executable, str(Path(__file__).resolve()), "--child", system, "--dir", str(folder), "--out", str(out),
