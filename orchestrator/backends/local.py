@@ -166,7 +166,7 @@ class LocalBackend:
             entry.close()
             return True
 
-    def _handle_messages(self, session: StudySession, entry: _Running) -> bool:
+    def _handle_messages(self, session: StudySession, entry: _Running, after_exit: bool = False) -> bool:
         while True:
             try:
                 if not entry.conn.poll():
@@ -189,6 +189,14 @@ class LocalBackend:
             return True
         if entry.process.is_alive():
             return False
+        # The trial may have sent its result and exited between our poll and is_alive():
+        # read what it left in the pipe before calling its death a failure.
+        try:
+            pending = entry.conn.poll()
+        except (EOFError, OSError):
+            pending = False
+        if pending and not after_exit:
+            return self._handle_messages(session, entry, after_exit=True)
         entry.process.join(timeout=5)
         code = entry.process.exitcode
         if self._interrupts:
