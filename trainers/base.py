@@ -11,7 +11,6 @@ own model family with an import path, ``my_pkg.module:MyTrainer``.
 from __future__ import annotations
 
 import importlib
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -238,7 +237,3 @@ def load_trainer_class(spec: str) -> type[BaseTrainer]:
         )
     return cls
 
-
-def is_finite(value: float) -> bool:
-    """True unless ``value`` is NaN or infinite."""
-    return math.isfinite(value)

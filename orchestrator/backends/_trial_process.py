@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,7 +51,6 @@ class TrialJob:
     checkpoint_dir: str | None
     log_path: str | None
     cache_dir: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def make_job(
