@@ -1,18 +1,19 @@
 """MLflow logging as a share of trial time: the same noop sweep with tracking on and off.
 
 Trials of the ``noop`` trainer that last about a second (``--epochs`` x ``--sleep``; 5 x 0.2 s by
-default), 10 per run, 2 at a time, study and MLflow store on SQLite files in a temporary folder.
+default), 20 per run, 2 at a time, study and MLflow store on SQLite files in a temporary folder.
 Runs alternate tracking on / off (``--repeat`` pairs, each run in a fresh process); the table shows
 the median run of each.
 
 Two measures:
 
 - the difference in per-trial wall time between tracking on and off, as a share of trial time;
-- the time spent inside the tracker's background thread (every MLflow call: child runs, params,
-  per-epoch ``log_batch``, final metrics, the parent run's best value), measured by wrapping
-  ``StudyTracker``'s executor in the benchmark's process, as a share of the total trial time
-  (the sum of every trial's duration). The synchronous parts (``open``, ``start_study`` before
-  the first trial, the drain in ``close`` after the last) are shown apart, as start-up and tail.
+- the CPU time of the MLflow writer process (every per-trial MLflow call: child runs, params,
+  per-epoch metrics, final metrics, the parent run's best value), its start-up (imports) apart,
+  as reported by the writer when it closes, as a share of the total trial time (the sum of every
+  trial's duration); and the time the driver spends in ``StudyTracker``'s methods (they only
+  queue messages). The synchronous parts (``open``, ``start_study`` before the first trial, the
+  drain in ``close`` after the last) are shown apart, as start-up and tail.
 
 Run: ``.venv/bin/python bench/mlflow_share.py`` (``--help`` for the options).
 """
@@ -50,58 +51,27 @@ METHODS = ("open", "start_study", "start_trial", "set_device", "log_epoch", "end
 # child: one run
 # ---------------------------------------------------------------------------------------------
 def _instrument_tracker(totals: dict[str, list[float]]) -> None:
-    """Time every StudyTracker method on the driver's side, and every job it queues on its thread.
+    """Time every StudyTracker method on the driver's side; keep the writer process's CPU figures.
 
-    totals[name] = [driver seconds, driver calls, thread wall seconds, thread CPU seconds, thread jobs]
+    totals[name] = [driver seconds, driver calls];
+    totals["writer"] = [start-up CPU s, CPU s from then to the close message, total CPU s]
     """
-    import threading
-
     from orchestrator.tracking import StudyTracker
 
-    current = threading.local()
-
-    def slot(name: str) -> list[float]:
-        return totals.setdefault(name, [0.0, 0, 0.0, 0.0, 0])
-
-    original_init = StudyTracker.__init__
-
-    def init(self: Any, *args: Any, **kwargs: Any) -> None:
-        original_init(self, *args, **kwargs)
-        executor = self._executor
-        original_submit = executor.submit
-
-        def submit(fn: Any, *a: Any, **k: Any) -> Any:
-            tag = getattr(current, "name", None) or "other"
-
-            def timed(*a2: Any, **k2: Any) -> Any:
-                wall, cpu = time.perf_counter(), time.thread_time()
-                try:
-                    return fn(*a2, **k2)
-                finally:
-                    entry = slot(tag)
-                    entry[2] += time.perf_counter() - wall
-                    entry[3] += time.thread_time() - cpu
-                    entry[4] += 1
-
-            return original_submit(timed, *a, **k)
-
-        executor.submit = submit
-
-    StudyTracker.__init__ = init
     for name in METHODS:
         original = getattr(StudyTracker, name)
 
         def wrapped(self: Any, *args: Any, _original: Any = original, _name: str = name, **kwargs: Any) -> Any:
-            previous = getattr(current, "name", None)
-            current.name = _name
             start = time.perf_counter()
             try:
                 return _original(self, *args, **kwargs)
             finally:
-                entry = slot(_name)
+                entry = totals.setdefault(_name, [0.0, 0])
                 entry[0] += time.perf_counter() - start
                 entry[1] += 1
-                current.name = previous
+                if _name == "close" and self.writer_stats:
+                    stats = self.writer_stats
+                    totals["writer"] = [stats["startup_cpu_seconds"], stats["trials_cpu_seconds"], stats["cpu_seconds"]]
 
         setattr(StudyTracker, name, wrapped)
 
@@ -169,7 +139,7 @@ def run_child(tracking: str, index: int, args: argparse.Namespace, root: Path) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n-trials", type=int, default=10, help="trials per run (default 10)")
+    parser.add_argument("--n-trials", type=int, default=20, help="trials per run (default 20)")
     parser.add_argument("--epochs", type=int, default=5, help="epochs per trial (default 5)")
     parser.add_argument("--sleep", type=float, default=0.2, help="seconds each epoch sleeps (default 0.2)")
     parser.add_argument("--workers", type=int, default=2, help="trials at once (default 2)")
@@ -247,49 +217,45 @@ def main() -> None:
     trial_seconds = 0.0
     span_seconds = 0.0
     n_trials = 0
+    writer_cpu = 0.0
+    writer_startup = 0.0
+    writer_close = 0.0
     for r in runs["on"]:
         trial_seconds += sum(r["durations_s"])
         span_seconds += r["span_s"]
         n_trials += r["trials"]
+        startup, trials, total = r["tracker"].get("writer", [0.0, 0.0, 0.0])
+        writer_startup += startup
+        writer_cpu += trials
+        writer_close += total - startup - trials
         for name, values in r["tracker"].items():
-            slot = totals.setdefault(name, [0.0, 0, 0.0, 0.0, 0])
+            if name == "writer":
+                continue
+            slot = totals.setdefault(name, [0.0, 0])
             for i, value in enumerate(values):
                 slot[i] += value
     print(f"### Inside the tracker (all {len(runs['on'])} tracking-on runs, {n_trials} trials)\n")
     rows = []
-    per_trial_thread = 0.0
-    per_trial_cpu = 0.0
-    for name in (*METHODS, "other"):
-        if name not in totals:
-            continue
-        driver_s, calls, thread_s, cpu_s, jobs = totals[name]
-        if name in ("open", "start_study", "close"):
+    for name in METHODS:
+        if name not in totals or name in ("open", "start_study", "close"):
             continue  # synchronous, once per run: shown below the table
-        per_trial_thread += thread_s
-        per_trial_cpu += cpu_s
-        rows.append([
-            name,
-            f"{calls / n_trials:.2f}", f"{driver_s / n_trials * 1000:.3f}", f"{jobs / n_trials:.2f}",
-            f"{thread_s / n_trials * 1000:.2f}", f"{cpu_s / n_trials * 1000:.2f}",
-        ])
-    print(markdown_table(
-        ["StudyTracker method", "calls per trial", "driver ms per trial (call returns)", "thread jobs per trial",
-         "thread wall ms per trial", "thread CPU ms per trial"],
-        rows,
-    ))
+        driver_s, calls = totals[name]
+        rows.append([name, f"{calls / n_trials:.2f}", f"{driver_s / n_trials * 1000:.3f}"])
+    print(markdown_table(["StudyTracker method (driver side)", "calls per trial", "driver ms per trial (call returns)"], rows))
     print()
-    share = per_trial_thread / trial_seconds
-    print(f"- background thread busy with per-trial work: {per_trial_thread / n_trials * 1000:.1f} ms per trial "
-          f"({per_trial_cpu / n_trials * 1000:.1f} ms CPU) = {100 * share:.2f}% of total trial time "
-          f"(sum of trial durations {trial_seconds:.1f} s; target ≤ {100 * TARGET_SHARE:.0f}%: "
-          f"{'meets' if share <= TARGET_SHARE else 'MISSES'}); {100 * per_trial_thread / span_seconds:.2f}% of the wall time the trials spanned")
+    share = writer_cpu / trial_seconds
+    print(f"- MLflow writer process, per-trial work: {writer_cpu / n_trials * 1000:.1f} ms CPU per trial = {100 * share:.2f}% of "
+          f"total trial time (sum of trial durations {trial_seconds:.1f} s; target ≤ {100 * TARGET_SHARE:.0f}%: "
+          f"{'meets' if share <= TARGET_SHARE else 'MISSES'}); {100 * writer_cpu / span_seconds:.2f}% of the wall time the trials "
+          f"spanned; its start-up (imports, store) {writer_startup / len(runs['on']):.2f} s CPU per run, alongside the driver's, and "
+          f"its close (the study run's last batch and end, the best checkpoint's artifacts) {writer_close / len(runs['on']):.2f} s")
     n_runs = len(runs["on"])
     opened = totals.get("open", [0.0])[0] / n_runs
     started = totals.get("start_study", [0.0])[0] / n_runs
     drain = totals.get("close", [0.0])[0] / n_runs
-    print(f"- synchronous, once per run (not in the share above): open {opened:.2f} s (imports mlflow, creates the store's"
-          f" schema and the experiment), start_study {started:.2f} s (parent run, params, 3 artifacts), close {drain:.2f} s"
-          " (drains the queue, ends the parent run)")
+    print(f"- synchronous, once per run (not in the share above): open {opened:.2f} s (starts the writer, imports mlflow,"
+          f" creates the store's schema and the experiment), start_study {started:.2f} s (parent run, params, 3 artifacts),"
+          f" close {drain:.2f} s (the writer writes what it holds, ends the parent run)")
     for tracking in ("on", "off"):
         failed = sum(r["states"].get("FAIL", 0) for r in runs[tracking])
         if failed:
