@@ -144,7 +144,7 @@ def in_process_steps(url: str, name: str, repeat: int) -> dict[str, dict[str, fl
     """Best-of-``repeat`` seconds of each step of ``ftsweep status``, per mode (default, --last 20, --all)."""
     from rich.console import Console
 
-    from orchestrator.status import read_status, render_status
+    from orchestrator.status import RICH_ROWS, read_status, render_plain, render_status
 
     table: dict[str, dict[str, float]] = {}
     for label, options, _flags in MODES:
@@ -155,16 +155,17 @@ def in_process_steps(url: str, name: str, repeat: int) -> dict[str, dict[str, fl
             data = read_status(url, name, **options)
             steps["read_status (SQL: counts, best, shown rows)"] = time.perf_counter() - start
             mark = time.perf_counter()
-            rendered = render_status(data)
-            steps["render_status (build the rich Table)"] = time.perf_counter() - mark
-            mark = time.perf_counter()
             with open(os.devnull, "w") as sink:
-                Console(file=sink, highlight=False, soft_wrap=False, width=120).print(rendered)
-            steps["rich: print the table (to /dev/null, width 120)"] = time.perf_counter() - mark
+                if len(data.rows) > RICH_ROWS:  # what the CLI does
+                    print(render_plain(data), file=sink)
+                else:
+                    Console(file=sink, highlight=False, soft_wrap=False, width=120).print(render_status(data))
+            steps["render and print as the CLI does (rich table; plain text above 1,000 rows)"] = time.perf_counter() - mark
             steps["total in-process"] = time.perf_counter() - start
             mark = time.perf_counter()
-            plain_text(data.rows)
-            steps["what-if: the same rows as plain text, no rich Table"] = time.perf_counter() - mark
+            with open(os.devnull, "w") as sink:
+                Console(file=sink, highlight=False, soft_wrap=False, width=120).print(render_status(data))
+            steps["for comparison: the same rows as a rich table, to /dev/null"] = time.perf_counter() - mark
             for key, value in steps.items():
                 best[key] = min(best.get(key, math.inf), value)
         best["rows shown"] = len(data.rows)
@@ -172,35 +173,28 @@ def in_process_steps(url: str, name: str, repeat: int) -> dict[str, dict[str, fl
     return table
 
 
-def plain_text(rows: list[dict[str, Any]]) -> str:
-    """Fixed-width lines: what a non-terminal ``status --all`` could print instead of a rich Table."""
-    lines = []
-    for row in rows:
-        value = "" if row["value"] is None else format(row["value"], ".4f")
-        duration = "" if row["duration_seconds"] is None else f"{row['duration_seconds']:.1f}s"
-        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row["params"].items())
-        epochs = "" if row["epochs"] is None else row["epochs"]
-        lines.append(f"{row['number']:>6} {row['state'].lower():<9} {value:>10} {epochs!s:>3} {duration:>7} {params} {row['reason'] or ''}")
-    return "\n".join(lines)
-
-
 BREAKDOWN = """
 import json, os, sys, time
 t0 = time.perf_counter()
 import rich.console, rich.table
 from orchestrator.cli import build_parser
-from orchestrator.status import read_status, render_status
+from orchestrator.status import RICH_ROWS, read_status, render_plain, render_status
 t1 = time.perf_counter()
 data = read_status(sys.argv[1], sys.argv[2], show_all=sys.argv[3] == "all")
 t2 = time.perf_counter()
-table = render_status(data)
+plain = len(data.rows) > RICH_ROWS  # what the CLI does
+table = render_plain(data) if plain else render_status(data)
 t3 = time.perf_counter()
 with open(os.devnull, "w") as sink:
-    rich.console.Console(file=sink, highlight=False, soft_wrap=False).print(table)
+    if plain:
+        print(table, file=sink)
+    else:
+        rich.console.Console(file=sink, highlight=False, soft_wrap=False).print(table)
 t4 = time.perf_counter()
 print(json.dumps({"imports (rich, orchestrator.cli, orchestrator.status)": t1 - t0,
-                  "read_status (imports sqlalchemy; engine, SQL, decode)": t2 - t1, "render_status (build the Table)": t3 - t2,
-                  "rich: print to /dev/null": t4 - t3, "optuna imported": "optuna" in sys.modules}))
+                  "read_status (imports sqlalchemy; engine, SQL, decode)": t2 - t1,
+                  "render (rich Table; plain text above 1,000 rows)": t3 - t2,
+                  "print to /dev/null": t4 - t3, "optuna imported": "optuna" in sys.modules}))
 """
 
 
@@ -237,9 +231,10 @@ def cli_profile(url: str, name: str, folder: Path, flags: list[str]) -> list[lis
         ("orchestrator.status.read_status", cumulative("orchestrator/status.py", "read_status")),
         ("↳ SQLAlchemy Connection.execute (the queries)", cumulative("sqlalchemy/engine/base.py", "execute")),
         ("↳ orchestrator.status.decode_param", cumulative("orchestrator/status.py", "decode_param")),
-        ("orchestrator.status.render_status (build the Table)", cumulative("orchestrator/status.py", "render_status")),
-        ("rich Console.print (measure every cell, wrap, write)", cumulative("rich/console.py", "print")),
-        ("↳ rich Table._calculate_column_widths", cumulative("rich/table.py", "_calculate_column_widths")),
+        ("orchestrator.status.render_plain (the plain text the CLI prints above 1,000 rows)",
+         cumulative("orchestrator/status.py", "render_plain")),
+        ("orchestrator.status.render_status (a rich Table, up to 1,000 rows)", cumulative("orchestrator/status.py", "render_status")),
+        ("rich Console.print", cumulative("rich/console.py", "print")),
     ]
     out.unlink(missing_ok=True)
     return [[label, f"{seconds:.3f}", f"{100 * seconds / total:.0f}%" if total else ""] for label, seconds in buckets]
@@ -274,7 +269,7 @@ def measure(
         results.append([label, f"`{shown}` (CLI, > /dev/null)", f"{best:.2f}", each(every), verdict(best)])
     steps = in_process_steps(url, name, repeat)
     for mode, values in steps.items():
-        results.append([label, f"in-process `read_status` + `render_status` + print, {mode}", f"{values['total in-process']:.2f}",
+        results.append([label, f"in-process `read_status` + render + print, {mode}", f"{values['total in-process']:.2f}",
                         "", verdict(values["total in-process"])])
 
     modes = list(steps)

@@ -10,6 +10,7 @@ Optuna's own (``studies``, ``trials``, ``trial_params``, ``trial_values``, ...).
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -19,6 +20,10 @@ from orchestrator.errors import StorageError, StudyNotFound
 
 #: Without --last or --all, a study with more trials shows only its latest ones.
 DEFAULT_ROWS = 200
+#: Above this many rows the table is printed as plain aligned text: rich's layout of 10,000 rows
+#: takes seconds, plain text a few hundredths.
+RICH_ROWS = 1000
+COLUMNS = ("trial", "state", "value", "epochs", "duration", "params", "reason")
 
 
 @dataclass
@@ -55,14 +60,22 @@ def _when(value: Any) -> datetime.datetime | None:
 
 def decode_param(value: float, distribution_json: str) -> Any:
     """A stored parameter in its user-facing form (a categorical's choice, an int as int)."""
+    kind, choices = _distribution(distribution_json)
+    if kind == "categorical":
+        return choices[int(value)]
+    return int(value) if kind == "int" else float(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _distribution(distribution_json: str) -> tuple[str, tuple[Any, ...]]:
+    """(kind, choices) of a stored distribution; every trial of a study repeats the same few."""
     distribution = json.loads(distribution_json)
     name = distribution.get("name", "")
-    attributes = distribution.get("attributes", {})
     if name == "CategoricalDistribution":
-        return attributes["choices"][int(value)]
+        return "categorical", tuple(distribution.get("attributes", {})["choices"])
     if name in ("IntDistribution", "IntUniformDistribution", "IntLogUniformDistribution"):
-        return int(value)
-    return float(value)
+        return "int", ()
+    return "float", ()
 
 
 def read_status(url: str, study_name: str, last: int | None = None, show_all: bool = False) -> StatusData:
@@ -163,33 +176,54 @@ def _format_value(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _cells(row: dict[str, Any]) -> list[str]:
+    duration = row["duration_seconds"]
+    return [
+        str(row["number"]),
+        row["state"].lower(),
+        "" if row["value"] is None else f"{row['value']:.4f}",
+        "" if row["epochs"] is None else str(row["epochs"]),
+        "" if duration is None else f"{duration:.1f}s",
+        ", ".join(f"{key}={_format_value(value)}" for key, value in row["params"].items()),
+        " ".join(str(row["reason"] or "").split()),
+    ]
+
+
+def summary_line(data: StatusData) -> str:
+    """``30 trials: 10 complete, ...; budget 35; best val_f1 0.29 (trial 29)``."""
+    states = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
+    parts = [f"{data.counts.get(state, 0)} {state.lower()}" for state in states if data.counts.get(state)]
+    line = f"{data.total} trials: {', '.join(parts) or 'none yet'}"
+    if data.budget:
+        line += f"; budget {data.budget}"
+    if data.best_value is not None:
+        line += f"; best {data.metric} {data.best_value:.4f} (trial {data.best_trial})"
+    if len(data.rows) < data.total:
+        line += f"; showing the last {len(data.rows)} (--all for every trial)"
+    return line
+
+
 def render_status(data: StatusData) -> Any:
-    """A rich table of the trials, oldest first, with a summary line as its caption."""
+    """A rich table of the trials, oldest first, with the summary line as its caption."""
     from rich.table import Table
 
     table = Table(title=f"study {data.study_name}", title_justify="left")
-    for column in ("trial", "state", data.metric, "epochs", "duration", "params", "reason"):
-        table.add_column(column, overflow="fold")
+    for column in COLUMNS:
+        table.add_column(data.metric if column == "value" else column, overflow="fold")
     for row in data.rows:
-        duration = row["duration_seconds"]
-        table.add_row(
-            str(row["number"]),
-            row["state"].lower(),
-            "" if row["value"] is None else f"{row['value']:.4f}",
-            "" if row["epochs"] is None else str(row["epochs"]),
-            "" if duration is None else f"{duration:.1f}s",
-            ", ".join(f"{key}={_format_value(value)}" for key, value in row["params"].items()),
-            str(row["reason"] or ""),
-        )
-    states = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
-    parts = [f"{data.counts.get(state, 0)} {state.lower()}" for state in states if data.counts.get(state)]
-    caption = f"{data.total} trials: {', '.join(parts) or 'none yet'}"
-    if data.budget:
-        caption += f"; budget {data.budget}"
-    if data.best_value is not None:
-        caption += f"; best {data.metric} {data.best_value:.4f} (trial {data.best_trial})"
-    if len(data.rows) < data.total:
-        caption += f"; showing the last {len(data.rows)} (--all for every trial)"
-    table.caption = caption
+        table.add_row(*_cells(row))
+    table.caption = summary_line(data)
     table.caption_justify = "left"
     return table
+
+
+def render_plain(data: StatusData) -> str:
+    """The same table as plain text: columns aligned with spaces, one line per trial."""
+    header = [data.metric if column == "value" else column for column in COLUMNS]
+    lines = [_cells(row) for row in data.rows]
+    widths = [max([len(header[index])] + [len(cells[index]) for cells in lines]) for index in range(len(header) - 1)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=False)) + "  " + cells[-1]
+
+    return "\n".join([f"study {data.study_name}", line(header).rstrip(), *(line(cells).rstrip() for cells in lines), summary_line(data)])

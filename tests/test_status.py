@@ -6,10 +6,11 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import run_cli
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from orchestrator.errors import StudyNotFound
-from orchestrator.status import read_status, render_status
+from orchestrator.status import RICH_ROWS, read_status, render_plain, render_status
 
 
 def build_study(url: str, n: int) -> optuna.Study:
@@ -66,3 +67,28 @@ def test_an_unknown_study(tmp_path: Path) -> None:
     build_study(url, 1)
     with pytest.raises(StudyNotFound, match="studies there: s"):
         read_status(url, "t")
+
+
+def test_plain_text_has_every_row_aligned(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    build_study(url, 12)
+    data = read_status(url, "s")
+    lines = render_plain(data).splitlines()
+    assert lines[0] == "study s"
+    assert lines[1].split() == ["trial", "state", "val_f1", "epochs", "duration", "params", "reason"]
+    assert lines[-1] == str(render_status(data).caption)
+    rows = lines[2:-1]
+    assert [line.split()[0] for line in rows] == [str(number) for number in range(12)]
+    assert rows[1].split()[:4] == ["1", "pruned", "0.0100", "2"] and rows[1].endswith("reg=l1    diverged")
+    assert len({line.index("lr=") for line in rows}) == 1  # the params column starts at one place
+
+
+def test_a_large_table_prints_as_plain_text(tmp_path: Path) -> None:
+    build_study(f"sqlite:///{tmp_path / 's.db'}", RICH_ROWS + 5)
+    result = run_cli(["status", "s", "--storage", "sqlite:///s.db", "--all"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == RICH_ROWS + 5 + 3 and "│" not in result.stdout
+    assert lines[-1].startswith(f"{RICH_ROWS + 5} trials: ")
+    small = run_cli(["status", "s", "--storage", "sqlite:///s.db", "--last", "3"], cwd=tmp_path)
+    assert "│" in small.stdout and "showing the last 3" in small.stdout
