@@ -94,6 +94,7 @@ def plan_slots(
     gpus_per_trial: float,
     workers: int | str = "auto",
     n_cpus: int | None = None,
+    threads_per_trial: float | None = None,
 ) -> list[Slot]:
     """The worker slots for a machine.
 
@@ -103,6 +104,8 @@ def plan_slots(
             GPU; above 1 must be a whole number; 0 runs on the CPU.
         workers: ``"auto"`` (every GPU slot; 1 on the CPU) or a count.
         n_cpus: CPU cores to split between workers; default ``os.cpu_count()``.
+        threads_per_trial: CPU threads for each trial (``execution.cpus_per_trial``, rounded,
+            at least 1); default the cores split evenly between workers.
 
     Raises:
         ConfigError: when the counts cannot be met, naming the keys to change.
@@ -110,7 +113,7 @@ def plan_slots(
     n_cpus = n_cpus or usable_cpus()
     if not gpu_ids or gpus_per_trial == 0:
         count = 1 if workers == "auto" else int(workers)
-        threads = max(1, n_cpus // count)
+        threads = _threads(n_cpus, count, threads_per_trial)
         return [Slot(i, (), threads) for i in range(count)]
 
     if gpus_per_trial < 1:
@@ -131,7 +134,13 @@ def plan_slots(
             f"execution.workers: {count} workers need {count} GPU slots, but {len(gpu_ids)} GPUs at "
             f"gpus_per_trial {gpus_per_trial:g} give {len(groups)}; lower workers or gpus_per_trial"
         )
-    threads = max(1, n_cpus // count)
+    threads = _threads(n_cpus, count, threads_per_trial)
     # Groups list every GPU once before any twice, so fewer workers spread before they pack.
     chosen = groups[:count]
     return [Slot(i, group, threads, chosen.count(group)) for i, group in enumerate(chosen)]
+
+
+def _threads(n_cpus: int, count: int, threads_per_trial: float | None) -> int:
+    if threads_per_trial is not None:
+        return max(1, round(threads_per_trial))
+    return max(1, n_cpus // count)

@@ -65,7 +65,10 @@ def worker_slots(sweep: Sweep, workers: int | str | None) -> list[Slot]:
     """This machine's worker slots; none on the ray backend, where Ray places the trials."""
     if sweep.execution.backend == "ray":
         return []
-    return plan_slots(visible_gpu_ids(), sweep.execution.gpus_per_trial, workers or sweep.execution.workers)
+    execution = sweep.execution
+    return plan_slots(
+        visible_gpu_ids(), execution.gpus_per_trial, workers or execution.workers, threads_per_trial=execution.cpus_per_trial
+    )
 
 
 def concurrency(sweep: Sweep, slots: list[Slot]) -> int:
@@ -137,7 +140,7 @@ def _run_session(
     work_dir = study_work_dir(sweep)
     if tracker is not None:
         tracker.start_study(params=_study_params(plan, budget, slots), artifacts=_study_artifacts(plan), tags={})
-    progress = Progress(study_name=sweep.study.name, metric=sweep.study.metric, budget=budget, live=live)
+    progress = Progress(study_name=sweep.study.name, metric=sweep.study.metric, budget=budget, live=live, timeout_seconds=timeout)
     max_failures = sweep.study.max_failures
     session = StudySession(
         plan,

@@ -49,6 +49,22 @@ def test_cpu_threads_never_drop_below_one() -> None:
     assert [slot.n_threads for slot in slots] == [1, 1, 1]
 
 
+def test_cpus_per_trial_sets_each_trials_threads(gpus, tmp_path) -> None:
+    from orchestrator.config import load_sweep
+    from orchestrator.runner import worker_slots
+
+    assert [slot.n_threads for slot in plan_slots([], 1, workers=2, n_cpus=8, threads_per_trial=1)] == [1, 1]
+    assert [slot.n_threads for slot in plan_slots(gpus(2), 1, workers=2, n_cpus=8, threads_per_trial=3)] == [3, 3]
+    assert plan_slots([], 1, n_cpus=8, threads_per_trial=0.4)[0].n_threads == 1
+    (tmp_path / "sweep.yaml").write_text(
+        "study: {name: s, metric: score, n_trials: 2}\n"
+        "trainer: {name: noop}\n"
+        "search_space: {x: {type: float, low: 0, high: 1}}\n"
+        "execution: {workers: 2, cpus_per_trial: 1}\n"
+    )
+    assert [slot.n_threads for slot in worker_slots(load_sweep(tmp_path / "sweep.yaml"), None)] == [1, 1]
+
+
 def test_cpu_count_defaults_to_the_usable_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(devices, "usable_cpus", lambda: 6)
 
