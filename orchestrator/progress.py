@@ -27,6 +27,7 @@ class Progress:
     Attributes:
         budget: finished trials the study is to have in all.
         already: finished trials it had when this session began.
+        timeout_seconds: the session's time limit, if any: the time left never shows beyond it.
     """
 
     study_name: str
@@ -34,6 +35,7 @@ class Progress:
     budget: int
     already: int = 0
     live: bool | None = None
+    timeout_seconds: float | None = None
     complete: int = 0
     pruned: int = 0
     failed: int = 0
@@ -105,7 +107,11 @@ class Progress:
         remaining = self.budget - done
         eta = ""
         if self.finished and remaining > 0:
-            eta = f", ~{_clock(elapsed / self.finished * remaining)} left"
+            left = elapsed / self.finished * remaining
+            if self.timeout_seconds is not None and left > self.timeout_seconds - elapsed:
+                eta = f", {_clock(max(0.0, self.timeout_seconds - elapsed))} left (timeout)"
+            else:
+                eta = f", ~{_clock(left)} left"
         return (
             f"{done}/{self.budget} done, {self.running} running, {self.pruned} pruned, {self.failed} failed; "
             f"{best}; {_clock(elapsed)} elapsed{eta}"
