@@ -290,7 +290,13 @@ class StudySession:
         if value is None or not math.isfinite(value):
             return False
         handle.trial.report(value, epoch)
+        if self._is_last_epoch(handle, epoch):
+            return False  # its training is done: pruning it now would only throw its result away
         return handle.trial.should_prune()
+
+    def _is_last_epoch(self, handle: TrialHandle, epoch: int) -> bool:
+        last = self.plan.trainer.max_epochs(handle.params)
+        return last is not None and epoch >= last
 
     def complete(self, handle: TrialHandle, result: dict[str, float]) -> None:
         value = result.get(self.metric, handle.last_metrics.get(self.metric))

@@ -28,6 +28,7 @@ class FaultParams(StrictModel):
     epochs: int = 3
     sleep_seconds: float = 0.0
     gradient_accumulation_steps: int = 1
+    slope: float = 0.1  # the score's change per epoch: a negative slope gets worse as it trains
 
 
 class FaultTrainer(BaseTrainer):
@@ -73,7 +74,7 @@ class FaultTrainer(BaseTrainer):
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated on purpose)")
             if ctx.trial_number in settings.fail_trials and epoch == 2:
                 raise RuntimeError(f"trial {ctx.trial_number} broke on purpose")
-            score = -((ctx.params["x"] - 1.0) ** 2) + 0.1 * epoch
+            score = -((ctx.params["x"] - 1.0) ** 2) + ctx.params.get("slope", 0.1) * epoch
             if ctx.trial_number in settings.nan_trials:
                 score = math.nan
                 raise TrialDiverged(f"diverged: loss is nan at epoch {epoch}")

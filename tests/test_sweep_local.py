@@ -137,3 +137,20 @@ def test_same_seed_same_trials_with_one_worker(tmp_path: Path) -> None:
     first = optuna.load_study(study_name="seeded", storage=f"sqlite:///{tmp_path / 'a' / 'ftsweep.db'}")
     second = optuna.load_study(study_name="seeded", storage=f"sqlite:///{tmp_path / 'b' / 'ftsweep.db'}")
     assert [t.params for t in first.trials] == [t.params for t in second.trials]
+
+
+def test_a_trial_that_reaches_its_last_epoch_is_never_pruned(tmp_path: Path) -> None:
+    """Pruning after the last epoch would throw away a finished trial's result; the pruner stops earlier ones."""
+    sweep = fault_sweep("last-epoch", n_trials=16, workers=1, epochs=2)
+    sweep["study"]["sampler"] = {"name": "random", "seed": 3}
+    sweep["study"]["pruner"] = {"name": "median", "n_startup_trials": 2}
+    sweep["search_space"]["slope"] = {"type": "float", "low": -2.0, "high": 2.0}  # some trials get worse at epoch 2
+    sweep["tracking"] = {"enabled": False}
+    write_sweep(tmp_path, sweep)
+    result = run_cli(["run", "sweep.yaml"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    trials = load(tmp_path, "last-epoch").trials
+    pruned = [t for t in trials if t.state.name == "PRUNED"]
+    assert pruned, "the median pruner stopped no trial: the test needs a sweep where it does"
+    assert all(sorted(t.intermediate_values) == [1] for t in pruned)
+    assert all(t.state.name == "COMPLETE" for t in trials if 2 in t.intermediate_values)
