@@ -30,7 +30,7 @@ from typing import Any
 import _common
 from _common import machine_header, markdown_table, package_version, quiet_stderr, temp_dir
 
-DEMO = _common.REPO_ROOT / "examples" / "campaign"
+DEMO = _common.DEMO
 TARGET = 2.0
 
 

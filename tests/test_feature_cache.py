@@ -14,7 +14,13 @@ import torch
 from conftest import make_rows, write_csv
 
 from trainers.base import TrialContext
-from trainers.feature_cache import FrozenFeatureCache, features_key, frozen_fingerprints, shared_entry
+from trainers.feature_cache import (
+    FrozenFeatureCache,
+    exclusive_lock,
+    features_key,
+    frozen_fingerprints,
+    shared_entry,
+)
 from trainers.text_classification import TextClassificationTrainer
 
 # Dropout on: the trainable layers draw random numbers, and must draw the same ones with the cache.
@@ -324,6 +330,188 @@ def test_fingerprints_cover_the_frozen_weights_only(tiny_model: Path) -> None:
         blocks[1].output.dense.weight.add_(1e-3)  # block 2 changes: depth 1 does not see it
     assert frozen_fingerprints(model, 2)[0] == reference[0]
     assert frozen_fingerprints(model, 2)[1] != reference[1]
+
+
+# --------------------------------------------------------------------------------------------
+# Intermediate depths: a fill stores the depths it passes through
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def deep_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny BERT with 4 blocks: room for depths between a fill's start and its end."""
+    from trainers.tiny_model import build_tiny_model
+
+    texts = [row["text"] for row in make_rows(64)]
+    return build_tiny_model(tmp_path_factory.mktemp("deep-bert"), texts, num_layers=4, hidden_size=32)
+
+
+def stored_too(logs: list[str]) -> dict[str, list[int]]:
+    """``{split: depths}`` the fill of each split stored on its way, from its log line."""
+    found = {}
+    for line in logs:
+        if line.startswith("feature cache: ") and " stored too, for shallower trials" in line:
+            depths = line.split("; the states after block")[1].split(" stored too")[0].lstrip("s ")
+            found[line.split()[2]] = [int(depth) for depth in depths.split(", ")]
+    return found
+
+
+def entry_meta(cache_dir: Path) -> dict[str, dict]:
+    import json
+
+    root = cache_dir / "features"
+    return {
+        path.name: json.loads((path / "meta.json").read_text(encoding="utf-8"))
+        for path in root.iterdir()
+        if path.is_dir()
+    }
+
+
+def test_a_fill_stores_the_depths_it_passes_through_for_shallower_trials(
+    deep_model: Path, toy_data: dict[str, Path], tmp_path: Path
+) -> None:
+    import numpy as np
+
+    trainer = make_trainer(deep_model, toy_data, tmp_path)
+    cache = tmp_path / "cache"
+    deep = run_trial(trainer, {"freeze_depth": 3}, cache)
+    assert cache_lines(deep[2]) == {"train": "computed", "validation": "computed", "test": "computed"}
+    assert stored_too(deep[2]) == {"train": [1, 2], "validation": [1, 2], "test": [1, 2]}
+    written = entries(cache)
+    assert len(written) == 9  # 3 splits x depths 1, 2, 3
+    assert sorted(meta["depth"] for meta in entry_meta(cache).values()) == [1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert not [path for path in (cache / "features").iterdir() if path.name.endswith(".tmp")]
+    # The shallower trials find their entries: read, nothing computed, nothing rewritten.
+    for depth in (2, 1):
+        shallower = run_trial(trainer, {"freeze_depth": depth}, cache)
+        assert cache_lines(shallower[2]) == {"train": "loaded", "validation": "loaded", "test": "loaded"}
+        assert stored_too(shallower[2]) == {}
+        assert entries(cache) == written
+        # ... and their metrics are the uncached trial's.
+        off = run_trial(
+            make_trainer(deep_model, toy_data, tmp_path, feature_cache=False), {"freeze_depth": depth}
+        )
+        assert_same_trial(off, shallower)
+    # An intermediate entry holds what a fill to that depth itself computes, under the same key.
+    fresh = tmp_path / "fresh"
+    computed = run_trial(trainer, {"freeze_depth": 2}, fresh)
+    assert cache_lines(computed[2]) == {"train": "computed", "validation": "computed", "test": "computed"}
+    assert stored_too(computed[2]) == {"train": [1], "validation": [1], "test": [1]}
+    assert set(entries(fresh)) < set(written)
+    for name in entries(fresh):
+        np.testing.assert_allclose(
+            np.load(cache / "features" / name / "states.npy"),
+            np.load(fresh / "features" / name / "states.npy"),
+            rtol=0,
+            atol=1e-6,
+        )
+
+
+def test_an_extending_fill_stores_the_depths_between_its_start_and_its_end(
+    deep_model: Path, toy_data: dict[str, Path], tmp_path: Path
+) -> None:
+    trainer = make_trainer(deep_model, toy_data, tmp_path)
+    cache = tmp_path / "cache"
+    run_trial(trainer, {"freeze_depth": 1}, cache)
+    deeper = run_trial(trainer, {"freeze_depth": 4}, cache)
+    assert cache_lines(deeper[2]) == {"train": "extended", "validation": "extended", "test": "extended"}
+    assert all("from the depth-1 cache" in line for line in deeper[2] if "stored too" in line)
+    assert stored_too(deeper[2]) == {"train": [2, 3], "validation": [2, 3], "test": [2, 3]}
+    metas = entry_meta(cache)
+    assert sorted(meta["depth"] for meta in metas.values()) == [1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4]
+    assert {meta["from_depth"] for meta in metas.values() if meta["depth"] > 1} == {1}
+    middle = run_trial(trainer, {"freeze_depth": 3}, cache)
+    assert cache_lines(middle[2]) == {"train": "loaded", "validation": "loaded", "test": "loaded"}
+    off = run_trial(make_trainer(deep_model, toy_data, tmp_path, feature_cache=False), {"freeze_depth": 3})
+    assert_same_trial(off, middle)
+
+
+def attach_cache(
+    model_path: Path, depth: int, root: Path | None, **options
+) -> tuple[FrozenFeatureCache, list]:
+    """A feature cache on the deep model, probed; and the token ids of 12 short texts."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from trainers.data import PadCollator, tokenize_texts
+    from trainers.regularization import freeze
+
+    model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=2)
+    freeze(model, depth)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    collate = PadCollator.for_tokenizer(tokenizer)
+    ids = tokenize_texts(tokenizer, [row["text"] for row in make_rows(12, seed=4)], 16)
+    cache = FrozenFeatureCache.attach(
+        model,
+        depth,
+        forward=lambda inputs: model(**inputs),
+        collate=collate,
+        to_device=lambda tensor: tensor,
+        root=root,
+        dtype="float32",
+        compute="fp32",
+        max_length=16,
+        log=lambda line: None,
+        **{"memory_bytes": 2**20, **options},
+    )
+    cache.probe(collate(ids[:4]))
+    return cache, ids
+
+
+def test_an_intermediate_depth_another_writer_holds_is_left_to_it(deep_model: Path, tmp_path: Path) -> None:
+    root = tmp_path / "features"
+    root.mkdir()
+    cache, ids = attach_cache(deep_model, 3, root)
+    keys = {
+        depth: features_key(cache.fingerprints[depth - 1], "digest", 16, depth, "float32", "fp32")
+        for depth in (1, 2, 3)
+    }
+    # The keys of shallower depths are the ones a trial frozen to that depth computes.
+    assert frozen_fingerprints(cache.model, 2) == cache.fingerprints[:2]
+    with exclusive_lock(root / f"{keys[2]}.lock"):  # another worker is filling depth 2
+        cache.prepare("validation", ids, "digest", batch_size=4)
+    assert cache.sources["validation"].also_stored == (1,)
+    assert sorted(path.name for path in root.iterdir() if path.is_dir()) == sorted([keys[1], keys[3]])
+    assert not [path for path in root.iterdir() if path.name.endswith(".tmp")]
+    cache.close()
+    # A fill at depth 2 now: it starts from the stored depth 1.
+    shallower, _ = attach_cache(deep_model, 2, root)
+    shallower.prepare("validation", ids, "digest", batch_size=4)
+    assert (shallower.sources["validation"].how, shallower.sources["validation"].from_depth) == (
+        "extended",
+        1,
+    )
+    assert (root / keys[2]).is_dir()
+    shallower.close()
+
+
+def test_the_extra_disk_is_bounded(deep_model: Path, tmp_path: Path) -> None:
+    # No bound left: nothing but the fill's own entry.
+    cache, ids = attach_cache(deep_model, 4, tmp_path / "none", intermediate_bytes=0)
+    cache.prepare("validation", ids, "digest", batch_size=4)
+    assert cache.sources["validation"].also_stored == ()
+    assert len([path for path in (tmp_path / "none").iterdir() if path.is_dir()]) == 1
+    nbytes = cache.stores["validation"].nbytes
+    cache.close()
+    # Room for one of depths 1..3: the middle one.
+    cache, ids = attach_cache(deep_model, 4, tmp_path / "one", intermediate_bytes=nbytes)
+    cache.prepare("validation", ids, "digest", batch_size=4)
+    assert cache.sources["validation"].also_stored == (2,)
+    cache.close()
+    # No shared folder: the private one is the trial's alone, so nothing more goes there.
+    cache, ids = attach_cache(deep_model, 4, None, memory_bytes=0)
+    store = cache.prepare("validation", ids, "digest", batch_size=4)
+    assert not store.in_memory and cache.sources["validation"].also_stored == ()
+    assert len([path for path in store.path.parent.iterdir() if path.is_dir()]) == 1
+    cache.close()
+
+
+def test_spread_picks_evenly_spaced_depths() -> None:
+    from trainers.feature_cache import _spread
+
+    assert _spread([1, 2, 3, 4, 5], 2) == [2, 4]
+    assert _spread([1, 2, 3], 1) == [2]
+    assert _spread([2, 3, 4, 5], 3) == [2, 4, 5]
+    assert _spread([1, 2], 0) == [] and _spread([1, 2], 5) == [1, 2]
 
 
 # --------------------------------------------------------------------------------------------

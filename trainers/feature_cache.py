@@ -32,6 +32,27 @@ that need the same entry compute it once, and readers never see a partial entry.
 shared folder, states that do not fit in memory go to a temporary folder removed when the trial
 ends.
 
+Intermediate depths. A fill to depth k (from the embeddings, or extending a shallower entry of
+depth s) runs blocks s+1..k anyway, so it also stores the outputs of the blocks it passes through
+as the entries of depths s+1..k-1 that the shared folder lacks: a later trial with any of those
+depths loads its states instead of computing them (with a grid over freeze_depth in any order,
+every depth after the first fill's is then loaded or extended). Each such entry has exactly the
+key a trial frozen to that depth computes (the fingerprints chain, so the shallower ones are a
+prefix of this trial's), the same layout, and the same write rules: its own scratch folder, a
+rename into place, under its own ``<key>.lock``, which is taken *without waiting* (a depth that
+another writer is filling is left to it, and no fill ever waits for a lock while it holds one, so
+two fills cannot deadlock). A trial that needs such a depth while the fill runs waits for it, as
+for any entry being written. The states go straight to memory-mapped files (the trial's memory
+budget is for the states it serves, and these it does not serve), with their disk space reserved
+up front. Depth 0 (the embeddings' output) is never stored: it is not an entry kind. Only with a
+shared folder (a private folder is removed when the trial ends) and only for the splits the trial
+caches (not an augmented training split). Bound on the extra disk: at most
+:data:`INTERMEDIATE_BYTES` per fill of a split (the ``intermediate_bytes`` argument), and only
+while :data:`DISK_RESERVE_BYTES` stay free after them and the fill's own entry; when the bound
+cuts, the depths stored are spread evenly between s and k. A sweep over every depth writes these
+entries anyway, later; the extra disk is what a study that never uses some shallower depths (a
+fixed deep k, say) pays, up to k - 1 times its own entry.
+
 The dtype. ``float32`` reproduces the uncached trial to float rounding; ``float16`` and
 ``bfloat16`` (stored as ``uint16``) halve memory and disk at the cost of half-precision rounding of
 the frozen layers' output. The trainer's ``auto`` picks float32 for float32 trials and bfloat16
@@ -64,6 +85,12 @@ DTYPES = ("float32", "float16", "bfloat16")
 CHECK_EXAMPLES = 8
 #: Largest relative difference (Frobenius norm) the self-check accepts, by storage/compute precision.
 CHECK_TOLERANCE = {"exact": 1e-3, "half": 5e-2}
+#: Most bytes of intermediate-depth entries one fill of one split writes besides its own entry
+#: (see "Intermediate depths" above); :class:`FrozenFeatureCache` takes another bound as ``intermediate_bytes``.
+INTERMEDIATE_BYTES = 4 * 2**30
+#: Intermediate-depth entries are written only while the disk keeps at least this much free space
+#: after them and the fill's own entry.
+DISK_RESERVE_BYTES = 2**30
 #: Config fields that do not change what the frozen layers compute in eval mode.
 _CONFIG_IGNORED = frozenset(
     {
@@ -106,11 +133,13 @@ def digest(value: Any) -> str:
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: Path) -> Iterator[bool]:
+def exclusive_lock(path: Path, *, wait: bool = True) -> Iterator[bool]:
     """Hold an exclusive ``flock`` on ``path`` (created if needed); yields whether it is held.
 
     Where the file system refuses locks the block still runs (yielding False): entries are
     renamed into place atomically, so the worst case is the same entry computed twice.
+    With ``wait=False`` a lock held by someone else raises :class:`BlockingIOError` at once
+    instead of waiting for it.
     """
     try:
         import fcntl
@@ -120,8 +149,12 @@ def exclusive_lock(path: Path) -> Iterator[bool]:
         locked = False
         if fcntl is not None:
             try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
                 locked = True
+            except BlockingIOError:
+                if not wait:
+                    raise
+                locked = False
             except OSError:
                 locked = False
         try:
@@ -149,25 +182,42 @@ def shared_entry(root: Path, key: str, create: Callable[[Path], None]) -> tuple[
     with exclusive_lock(root / f"{key}.lock") as locked:
         if entry.is_dir():
             return entry, False
-        if locked:  # whoever left these died while writing: nobody else can be writing this key now
-            for stale in root.glob(f".{key}.*.tmp"):
-                shutil.rmtree(stale, ignore_errors=True)
-        scratch = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=root))
+        if locked:
+            _remove_stale(root, key)
+        scratch = _scratch_folder(root, key)
         try:
             create(scratch)
             _fsync(scratch)
-            try:
-                os.rename(scratch, entry)
-            except OSError:
-                if not entry.is_dir():
-                    raise
-                shutil.rmtree(scratch, ignore_errors=True)  # another writer won (no lock here)
-                return entry, False
+            placed = _move_into_place(scratch, root, key)
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
             raise
-        _fsync(root)
-    return entry, True
+    return entry, placed
+
+
+def _move_into_place(scratch: Path, root: Path, key: str) -> bool:
+    """Rename a complete ``scratch`` folder to ``root / key``; False when another writer's got there first."""
+    try:
+        os.rename(scratch, root / key)
+    except OSError:
+        if not (root / key).is_dir():
+            raise
+        shutil.rmtree(scratch, ignore_errors=True)  # another writer won (no lock here)
+        return False
+    _fsync(root)
+    return True
+
+
+def _remove_stale(root: Path, key: str) -> None:
+    """Remove what writers of ``key`` that died while writing left; call with the key's lock held
+    (nobody else can be writing this key then)."""
+    for stale in root.glob(f".{key}.*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _scratch_folder(root: Path, key: str) -> Path:
+    """A fresh temporary folder next to the entry ``root / key``, to be renamed into its place."""
+    return Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=root))
 
 
 def save_array(path: Path, array: np.ndarray) -> None:
@@ -471,12 +521,16 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
 
 @dataclass
 class SplitSource:
-    """How a split's states were obtained: ``computed``, ``loaded`` or ``extended`` (from ``from_depth``)."""
+    """How a split's states were obtained: ``computed``, ``loaded`` or ``extended`` (from ``from_depth``).
+
+    ``also_stored``: the shallower depths whose entries the fill wrote on its way (intermediate depths).
+    """
 
     how: str
     seconds: float
     from_depth: int | None = None
     in_memory: bool = True
+    also_stored: tuple[int, ...] = ()
 
 
 class FrozenFeatureCache:
@@ -499,6 +553,8 @@ class FrozenFeatureCache:
         compute: the precision the model computes in (``fp32`` or ``bf16``), part of the key.
         max_length: the trial's truncation length, part of the key.
         log: where progress lines go.
+        intermediate_bytes: the most bytes of intermediate-depth entries one fill of one split
+            writes into the shared folder (default :data:`INTERMEDIATE_BYTES`; 0: none).
     """
 
     def __init__(
@@ -517,6 +573,7 @@ class FrozenFeatureCache:
         compute: str,
         max_length: int,
         log: Callable[[str], None],
+        intermediate_bytes: int | None = None,
     ) -> None:
         if dtype not in DTYPES:
             raise ValueError(f"feature cache dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
@@ -532,6 +589,9 @@ class FrozenFeatureCache:
         self.compute = compute
         self.max_length = max_length
         self.log = log
+        self.intermediate_bytes = max(
+            0, int(INTERMEDIATE_BYTES if intermediate_bytes is None else intermediate_bytes)
+        )
         self.fingerprints = frozen_fingerprints(model, depth)
         self.patch = _ModelPatch(embeddings, blocks, depth)
         self.stores: dict[str, FeatureStore] = {}
@@ -646,36 +706,34 @@ class FrozenFeatureCache:
         in_memory = nbytes <= self.memory_left
         if in_memory:
             self.memory_left -= nbytes
-        key = features_key(
-            self.fingerprints[self.depth - 1],
-            ids_digest,
-            self.max_length,
-            self.depth,
-            self.dtype,
-            self.compute,
-        )
+        key = self._key(self.depth, ids_digest)
         computed: dict[str, Any] = {}
 
         def create(folder: Path) -> None:
             source = self._shallower(ids_digest, lengths, hidden) if self.root is not None else None
-            states = self._compute(sequences, lengths, hidden, batch_size, folder, in_memory, source)
-            save_array(folder / "lengths.npy", _lengths_array(lengths))
-            save_json(
-                folder / "meta.json",
-                {
-                    "format": FORMAT,
-                    "depth": self.depth,
-                    "dtype": self.dtype,
-                    "compute": self.compute,
-                    "max_length": self.max_length,
-                    "examples": len(lengths),
-                    "tokens": sum(lengths),
-                    "hidden": hidden,
-                    "from_depth": source[1] if source else 0,
-                    "seconds": round(time.perf_counter() - started, 3),
-                },
-            )
-            computed.update(states=states, from_depth=source[1] if source else None)
+            start_depth = source[1] if source else 0
+            meta = {
+                "format": FORMAT,
+                "dtype": self.dtype,
+                "compute": self.compute,
+                "max_length": self.max_length,
+                "examples": len(lengths),
+                "tokens": sum(lengths),
+                "hidden": hidden,
+                "from_depth": start_depth,
+            }
+            also = self._intermediates(ids_digest, lengths, hidden, start_depth, nbytes)
+            try:
+                states = self._compute(
+                    sequences, lengths, hidden, batch_size, folder, in_memory, source, also
+                )
+                save_array(folder / "lengths.npy", _lengths_array(lengths))
+                seconds = round(time.perf_counter() - started, 3)
+                save_json(folder / "meta.json", {**meta, "depth": self.depth, "seconds": seconds})
+                stored = also.publish({**meta, "seconds": seconds, "filled_for_depth": self.depth})
+            finally:
+                also.discard()
+            computed.update(states=states, from_depth=source[1] if source else None, also=stored)
 
         if self.root is None and in_memory:
             states = self._compute(sequences, lengths, hidden, batch_size, None, True, None)
@@ -689,21 +747,71 @@ class FrozenFeatureCache:
         else:
             store = self._load(entry, lengths, hidden, in_memory)
         how = ("extended" if computed.get("from_depth") else "computed") if created else "loaded"
-        self._record(name, store, how, started, computed.get("from_depth"))
+        self._record(name, store, how, started, computed.get("from_depth"), computed.get("also", ()))
         return store
 
     def _record(
-        self, name: str, store: FeatureStore, how: str, started: float, from_depth: int | None
+        self,
+        name: str,
+        store: FeatureStore,
+        how: str,
+        started: float,
+        from_depth: int | None,
+        also_stored: Sequence[int] = (),
     ) -> None:
         seconds = time.perf_counter() - started
         self.stores[name] = store
-        self.sources[name] = SplitSource(how, seconds, from_depth, store.in_memory)
+        self.sources[name] = SplitSource(how, seconds, from_depth, store.in_memory, tuple(also_stored))
         origin = f" from the depth-{from_depth} cache" if from_depth else ""
         where = "in memory" if store.in_memory else f"memory-mapped from {store.path}"
+        also = (
+            f"; the states after block{'s' if len(also_stored) > 1 else ''} "
+            f"{', '.join(map(str, also_stored))} stored too, for shallower trials"
+            if also_stored
+            else ""
+        )
         self.log(
             f"feature cache: {name} states after block {self.depth} {how}{origin} in {seconds:.2f} s "
-            f"({len(store.lengths)} examples, {store.nbytes / 2**20:.1f} MiB {self.dtype}, {where})"
+            f"({len(store.lengths)} examples, {store.nbytes / 2**20:.1f} MiB {self.dtype}, {where}){also}"
         )
+
+    def _key(self, depth: int, ids_digest: str) -> str:
+        """The key of a split's states after block ``depth`` (<= this cache's depth): exactly the key
+        a trial frozen to ``depth`` computes, as the fingerprints of shallower depths are a prefix
+        of this trial's chain (:func:`frozen_fingerprints`)."""
+        return features_key(
+            self.fingerprints[depth - 1], ids_digest, self.max_length, depth, self.dtype, self.compute
+        )
+
+    def _intermediates(
+        self, ids_digest: str, lengths: Sequence[int], hidden: int, start_depth: int, nbytes: int
+    ) -> _Intermediates:
+        """Claim the shared entries of the depths between ``start_depth`` and this one that a fill
+        passes through and the shared folder lacks, within the disk bounds (none without a shared folder)."""
+        intermediates = _Intermediates(self.root, lengths, hidden, self.dtype)
+        if self.root is None or nbytes <= 0 or self.depth - start_depth < 2:
+            return intermediates
+        missing = [
+            depth
+            for depth in range(start_depth + 1, self.depth)
+            if not (self.root / self._key(depth, ids_digest)).is_dir()
+        ]
+        if not missing:
+            return intermediates
+        allowed = self.intermediate_bytes
+        with contextlib.suppress(OSError):
+            # This fill's own entry goes to disk too: keep the reserve free after both.
+            allowed = min(allowed, shutil.disk_usage(self.root).free - nbytes - DISK_RESERVE_BYTES)
+        chosen = _spread(missing, max(0, allowed) // nbytes)
+        if len(chosen) < len(missing):
+            self.log(
+                f"feature cache: {len(missing) - len(chosen)} of {len(missing)} intermediate depths not stored "
+                f"({nbytes / 2**20:.1f} MiB each; bound {self.intermediate_bytes / 2**20:.0f} MiB per fill "
+                f"and {DISK_RESERVE_BYTES / 2**20:.0f} MiB of free disk kept)"
+            )
+        for depth in chosen:
+            intermediates.claim(depth, self._key(depth, ids_digest))
+        return intermediates
 
     def _private_root(self) -> Path:
         if self._private is None:
@@ -716,10 +824,7 @@ class FrozenFeatureCache:
         """The deepest existing shared entry of the same split at a depth below this one."""
         assert self.root is not None
         for depth in range(self.depth - 1, 0, -1):
-            key = features_key(
-                self.fingerprints[depth - 1], ids_digest, self.max_length, depth, self.dtype, self.compute
-            )
-            entry = self.root / key
+            entry = self.root / self._key(depth, ids_digest)
             if entry.is_dir():
                 store = self._load(entry, lengths, hidden, in_memory=False)
                 if store is not None:
@@ -758,12 +863,14 @@ class FrozenFeatureCache:
         folder: Path | None,
         in_memory: bool,
         source: tuple[FeatureStore, int] | None,
+        also: _Intermediates | None = None,
     ) -> Any:
         """Run the frozen part over the split, in length-sorted batches; the states in storage dtype.
 
         With ``source`` (a shallower store and its depth), only the blocks between that depth and
         this one run. The states go to a tensor (``in_memory``) or straight into a memory-mapped
-        ``folder / "states.npy"``, so a split larger than memory is never held whole.
+        ``folder / "states.npy"``, so a split larger than memory is never held whole. The outputs
+        of the blocks ``also`` claimed go into its memory-mapped files on the way.
         """
         import numpy as np
         import torch
@@ -781,21 +888,39 @@ class FrozenFeatureCache:
         layout = FeatureStore(torch.empty((0, hidden)), lengths, self.dtype)
         collate = self.collate
         block = self.blocks[self.depth - 1]
-        with torch.no_grad(), _eval_mode(self.model):
-            for rows in sorted_batches(lengths, batch_size):
-                inputs = collate([sequences[row] for row in rows])
-                if source is not None:
-                    start, start_depth = source
-                    with self.patch.serving(self._served(start.batch(rows)), start_depth):
+        passing: dict[int, torch.Tensor] = {}
+
+        def keeper(depth: int) -> Callable[..., None]:
+            def hook(module: nn.Module, args: Any, output: Any) -> None:
+                passing[depth] = _hidden_of(output)
+
+            return hook
+
+        depths = also.depths if also is not None else []
+        handles = [self.blocks[depth - 1].register_forward_hook(keeper(depth)) for depth in depths]
+        try:
+            with torch.no_grad(), _eval_mode(self.model):
+                for rows in sorted_batches(lengths, batch_size):
+                    inputs = collate([sequences[row] for row in rows])
+                    passing.clear()
+                    if source is not None:
+                        start, start_depth = source
+                        with self.patch.serving(self._served(start.batch(rows)), start_depth):
+                            output = self._capture(inputs, block)
+                    else:
                         output = self._capture(inputs, block)
-                else:
-                    output = self._capture(inputs, block)
-                mask, index = layout.positions(rows)
-                values = output[mask.to(output.device)].to("cpu", storage)
-                if in_memory:
-                    states[index] = values
-                else:
-                    states[index.numpy()] = _to_numpy(values)
+                    mask, index = layout.positions(rows)
+                    on_device = mask.to(output.device)
+                    values = output[on_device].to("cpu", storage)
+                    if in_memory:
+                        states[index] = values
+                    else:
+                        states[index.numpy()] = _to_numpy(values)
+                    for depth in depths:
+                        also.write(depth, index, passing[depth][on_device].to("cpu", storage))
+        finally:
+            for handle in handles:
+                handle.remove()
         if in_memory:
             if folder is not None:
                 save_array(folder / "states.npy", _to_numpy(states))
@@ -839,3 +964,98 @@ def _lengths_array(lengths: Sequence[int]) -> np.ndarray:
     import numpy as np
 
     return np.asarray(list(lengths), dtype=np.int64)
+
+
+def _spread(depths: Sequence[int], count: int) -> list[int]:
+    """``count`` of ``depths`` (ascending), spread evenly over them; all when ``count`` covers them."""
+    if count >= len(depths):
+        return list(depths)
+    if count <= 0:
+        return []
+    step = (len(depths) + 1) / (count + 1)
+    return sorted({depths[int((index + 1) * step + 0.5) - 1] for index in range(count)})
+
+
+class _Intermediates:
+    """The shared entries a fill writes for the depths it passes through (see the module docstring).
+
+    :meth:`claim` takes an entry's lock without waiting (a depth whose lock another writer holds
+    is left to that writer), and opens its states as a memory-mapped file in a scratch folder next
+    to the entry, with the disk space reserved up front. :meth:`write` stores a batch's rows,
+    :meth:`publish` renames the complete entries into place, :meth:`discard` drops whatever was
+    not published and lets the locks go. Nothing here may fail the fill: a depth whose claim or
+    publication meets an :class:`OSError` is dropped.
+    """
+
+    def __init__(self, root: Path | None, lengths: Sequence[int], hidden: int, dtype: str) -> None:
+        self.root = root
+        self.lengths = lengths
+        self.hidden = hidden
+        self.dtype = dtype
+        self.claimed: dict[int, tuple[str, Path, Any, contextlib.ExitStack]] = {}
+
+    @property
+    def depths(self) -> list[int]:
+        return sorted(self.claimed)
+
+    def claim(self, depth: int, key: str) -> bool:
+        import numpy as np
+
+        assert self.root is not None
+        if (self.root / key).is_dir():
+            return False
+        locks = contextlib.ExitStack()
+        folder = None
+        try:
+            locked = locks.enter_context(exclusive_lock(self.root / f"{key}.lock", wait=False))
+            if (self.root / key).is_dir():
+                locks.close()
+                return False
+            if locked:
+                _remove_stale(self.root, key)
+            folder = _scratch_folder(self.root, key)
+            path = folder / "states.npy"
+            shape = (sum(self.lengths), self.hidden)
+            states = np.lib.format.open_memmap(path, mode="w+", dtype=_numpy_dtype(self.dtype), shape=shape)
+            if hasattr(os, "posix_fallocate"):
+                # Reserve the blocks now: a full disk is an OSError here, not a SIGBUS mid-fill.
+                with open(path, "rb+") as stream:
+                    os.posix_fallocate(stream.fileno(), 0, os.fstat(stream.fileno()).st_size)
+        except OSError:  # BlockingIOError included: another writer is filling this depth
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+            locks.close()
+            return False
+        self.claimed[depth] = (key, folder, states, locks)
+        return True
+
+    def write(self, depth: int, index: torch.Tensor, values: torch.Tensor) -> None:
+        self.claimed[depth][2][index.numpy()] = _to_numpy(values)
+
+    def publish(self, meta: dict[str, Any]) -> tuple[int, ...]:
+        """Rename every claimed entry into place; the depths that now have an entry."""
+        assert self.root is not None or not self.claimed
+        published = []
+        for depth in self.depths:
+            key, folder, states, locks = self.claimed.pop(depth)
+            try:
+                states.flush()
+                del states
+                with open(folder / "states.npy", "rb+") as stream:
+                    os.fsync(stream.fileno())
+                save_array(folder / "lengths.npy", _lengths_array(self.lengths))
+                save_json(folder / "meta.json", {**meta, "depth": depth})
+                _fsync(folder)
+                _move_into_place(folder, self.root, key)
+                published.append(depth)
+            except OSError:
+                shutil.rmtree(folder, ignore_errors=True)
+            finally:
+                locks.close()
+        return tuple(published)
+
+    def discard(self) -> None:
+        claimed, self.claimed = self.claimed, {}
+        for _key, folder, _states, locks in claimed.values():
+            shutil.rmtree(folder, ignore_errors=True)
+            locks.close()
