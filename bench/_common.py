@@ -73,6 +73,47 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+DEMO = REPO_ROOT / "examples" / "campaign"
+
+
+def write_demo_data(folder: Path, train_rows: int, eval_rows: int | None = None, seed: int = 0) -> dict[str, Any]:
+    """Stratified, seeded samples of the demo's training and validation files, as CSV in ``folder``.
+
+    Returns:
+        the two files' paths (``train``, ``validation``) and their row counts (``rows``).
+    """
+    import csv
+
+    from trainers.data import Split, read_table, stratified_sample
+
+    train = Split(*read_table(DEMO / "train.csv", "text", "label"))
+    if train_rows < len(train):
+        train = stratified_sample(train, train_rows, seed=seed)
+    validation = Split(*read_table(DEMO / "val.csv", "text", "label"))
+    if eval_rows is not None and eval_rows < len(validation):
+        validation = stratified_sample(validation, eval_rows, seed=seed)
+    paths: dict[str, Any] = {"rows": {"train": len(train), "validation": len(validation)}}
+    for name, split in (("train", train), ("validation", validation)):
+        path = folder / f"{name}.csv"
+        with open(path, "w", newline="", encoding="utf-8") as stream:
+            writer = csv.writer(stream)
+            writer.writerow(["text", "label"])
+            writer.writerows(zip(split.texts, split.labels, strict=True))
+        paths[name] = str(path)
+    return paths
+
+
+def child_environment(threads: int) -> dict[str, str]:
+    """The environment of a benchmark's child process: ``threads`` threads, offline, quiet tokenizers."""
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+
+
 @contextlib.contextmanager
 def temp_dir(prefix: str) -> Iterator[Path]:
     """A temporary folder removed afterwards (``--keep`` in a script may skip this)."""

@@ -5,7 +5,7 @@ Both fine-tune the same model (MiniLM by default) on the same rows of the demo d
 file) with the same hyperparameters: AdamW at the same learning rate, linear decay without warmup,
 the same weight decay (not on biases and LayerNorm weights in either), gradient clipping at 1.0,
 the same batch size, epochs and max_length, the model's own dropout, float32 (or both under
-bfloat16 autocast with ``--precision bf16``), seed 0, 2 CPU threads. ftsweep runs one trial of its trainer (``TrialContext`` as a worker gives it);
+bfloat16 autocast with ``--precision bf16``), training seed 0 (``--seed``), 2 CPU threads. ftsweep runs one trial of its trainer (``TrialContext`` as a worker gives it);
 Hugging Face runs ``transformers.Trainer`` on ``AutoModelForSequenceClassification`` with
 ``DataCollatorWithPadding`` (per-batch padding), ``eval_strategy="epoch"``, ``report_to=[]``,
 ``dataloader_num_workers=0``. Each runs in a fresh Python process.
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -32,39 +31,8 @@ from typing import Any
 import _common
 from _common import machine_header, markdown_table, package_version, temp_dir
 
-DEMO = _common.REPO_ROOT / "examples" / "campaign"
 TARGET = 1.2
 SYSTEMS = {"ftsweep": "ftsweep text-classification trainer", "hf": "transformers.Trainer"}
-
-
-# --------------------------------------------------------------------------------------------
-# The data both systems read
-# --------------------------------------------------------------------------------------------
-
-
-def write_data(folder: Path, train_rows: int, eval_rows: int | None) -> dict[str, str]:
-    """A stratified, seeded sample of the demo training file and the validation file, as CSV."""
-    import csv
-
-    from trainers.data import Split, read_table, stratified_sample
-
-    texts, labels = read_table(DEMO / "train.csv", "text", "label")
-    train = Split(texts, labels)
-    if train_rows < len(train):
-        train = stratified_sample(train, train_rows, seed=0)
-    val_texts, val_labels = read_table(DEMO / "val.csv", "text", "label")
-    validation = Split(val_texts, val_labels)
-    if eval_rows is not None and eval_rows < len(validation):
-        validation = stratified_sample(validation, eval_rows, seed=0)
-    paths = {}
-    for name, split in (("train", train), ("validation", validation)):
-        path = folder / f"{name}.csv"
-        with open(path, "w", newline="", encoding="utf-8") as stream:
-            writer = csv.writer(stream)
-            writer.writerow(["text", "label"])
-            writer.writerows(zip(split.texts, split.labels, strict=True))
-        paths[name] = str(path)
-    return paths
 
 
 # --------------------------------------------------------------------------------------------
@@ -101,7 +69,7 @@ def child_ftsweep(args: argparse.Namespace, data: dict[str, str]) -> dict[str, A
             "max_grad_norm": 1.0,
             "epochs": args.epochs,
             "batch_size": args.batch_size,
-            "seed": 0,
+            "seed": args.seed,
         },
         n_threads=args.threads,
         metric="val_f1",
@@ -128,7 +96,7 @@ def child_ftsweep(args: argparse.Namespace, data: dict[str, str]) -> dict[str, A
     lengths = [len(ids) for ids in tokenize_texts(tokenizer, texts, args.max_length)]
     padded = 0
     for epoch in range(1, args.epochs + 1):
-        generator = torch.Generator().manual_seed(epoch_seed(0, epoch))
+        generator = torch.Generator().manual_seed(epoch_seed(args.seed, epoch))
         batches = bucketed_batches(lengths, args.batch_size, generator)
         padded += sum(len(rows) * max(lengths[row] for row in rows) for rows in batches)
     return {
@@ -141,8 +109,8 @@ def child_ftsweep(args: argparse.Namespace, data: dict[str, str]) -> dict[str, A
 
 
 def child_hf(args: argparse.Namespace, data: dict[str, str]) -> dict[str, Any]:
-    import numpy as np
     import torch
+    from _hf import macro_f1_metrics, read_trainer_data
     from transformers import (
         AutoModelForSequenceClassification,
         AutoTokenizer,
@@ -152,31 +120,14 @@ def child_hf(args: argparse.Namespace, data: dict[str, str]) -> dict[str, Any]:
         TrainingArguments,
     )
 
-    from trainers.data import read_table
-    from trainers.text_classification import accuracy_and_macro_f1, resolve_model
+    from trainers.text_classification import resolve_model
 
     started = time.perf_counter()
     torch.set_num_threads(args.threads)
     path = resolve_model(args.model, _common.REPO_ROOT)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    train_texts, train_labels = read_table(Path(data["train"]), "text", "label")
-    val_texts, val_labels = read_table(Path(data["validation"]), "text", "label")
-    labels = sorted(set(train_labels))
-    index = {label: position for position, label in enumerate(labels)}
-
-    class Rows(torch.utils.data.Dataset):
-        def __init__(self, texts: list[str], names: list[str]) -> None:
-            encoded = tokenizer(texts, truncation=True, max_length=args.max_length)
-            self.items = [
-                {**{key: values[row] for key, values in encoded.items()}, "labels": index[names[row]]}
-                for row in range(len(texts))
-            ]
-
-        def __len__(self) -> int:
-            return len(self.items)
-
-        def __getitem__(self, row: int) -> dict[str, Any]:
-            return self.items[row]
+    rows = read_trainer_data(tokenizer, Path(data["train"]), Path(data["validation"]), args.max_length)
+    labels, index = rows.labels, rows.index
 
     model = AutoModelForSequenceClassification.from_pretrained(
         path,
@@ -184,13 +135,6 @@ def child_hf(args: argparse.Namespace, data: dict[str, str]) -> dict[str, Any]:
         id2label=dict(enumerate(labels)),
         label2id=index,
     )
-
-    def compute_metrics(prediction: Any) -> dict[str, float]:
-        predicted = np.argmax(prediction.predictions, axis=-1)
-        confusion = np.zeros((len(labels), len(labels)), dtype=np.int64)
-        np.add.at(confusion, (prediction.label_ids, predicted), 1)
-        accuracy, f1 = accuracy_and_macro_f1(torch.from_numpy(confusion))
-        return {"accuracy": accuracy, "f1": f1}
 
     class Timer(TrainerCallback):
         def __init__(self) -> None:
@@ -239,17 +183,17 @@ def child_hf(args: argparse.Namespace, data: dict[str, str]) -> dict[str, Any]:
         logging_strategy="no",
         report_to=[],
         dataloader_num_workers=0,
-        seed=0,
+        seed=args.seed,
         use_cpu=True,
         disable_tqdm=True,
     )
     trainer = Trainer(
         model=model,
         args=training,
-        train_dataset=Rows(train_texts, train_labels),
-        eval_dataset=Rows(val_texts, val_labels),
+        train_dataset=rows.train,
+        eval_dataset=rows.validation,
         data_collator=collate,
-        compute_metrics=compute_metrics,
+        compute_metrics=macro_f1_metrics(len(labels)),
         callbacks=[timer],
     )
     trainer.train()
@@ -257,9 +201,9 @@ def child_hf(args: argparse.Namespace, data: dict[str, str]) -> dict[str, Any]:
     return {
         "epochs": timer.epochs,
         "wall": wall,
-        "train_rows": len(train_texts),
+        "train_rows": len(rows.train),
         "optim": str(training.optim),
-        "tokens_per_row": training_tokens[0] / (len(train_texts) * args.epochs),
+        "tokens_per_row": training_tokens[0] / (len(rows.train) * args.epochs),
     }
 
 
@@ -276,13 +220,7 @@ def run_child(system: str, args: argparse.Namespace, folder: Path, data: dict[st
         str(out),
         *args.forward,
     ]
-    environment = {
-        **os.environ,
-        "OMP_NUM_THREADS": str(args.threads),
-        "MKL_NUM_THREADS": str(args.threads),
-        "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
+    environment = _common.child_environment(args.threads)
     print(f"running {SYSTEMS[system]} ...", file=sys.stderr, flush=True)
     subprocess.run(command, env=environment, check=True, stdout=sys.stderr)
     result = json.loads(out.read_text(encoding="utf-8"))
@@ -337,6 +275,7 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="a short check: 200 training rows, 200 eval rows, 2 epochs"
     )
+    parser.add_argument("--seed", type=int, default=0, help="training seed of both systems (head, shuffles); the data sample stays seed 0")
     parser.add_argument("--child", choices=tuple(SYSTEMS), help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -362,10 +301,11 @@ def main() -> None:
         f"--weight-decay={args.weight_decay}",
         f"--threads={args.threads}",
         f"--precision={args.precision}",
+        f"--seed={args.seed}",
     ]
     runs: dict[str, list[dict[str, Any]]] = {"ftsweep": [], "hf": []}
     with temp_dir("ftsweep-bench-throughput-") as folder:
-        data = write_data(folder, args.train_rows, args.eval_rows)
+        data = _common.write_demo_data(folder, args.train_rows, args.eval_rows)
         order = ["ftsweep", "hf"] if args.order == "ftsweep-first" else ["hf", "ftsweep"]
         for _ in range(args.repeat):
             for system in order:
@@ -388,7 +328,7 @@ def main() -> None:
                 f"{args.model}, {ours['train_rows']} training rows, "
                 f"{'all 600' if args.eval_rows is None else args.eval_rows} validation rows, max_length "
                 f"{args.max_length}, batch {args.batch_size}, {args.epochs} epochs, lr {args.learning_rate:g}, "
-                f"weight decay {args.weight_decay:g}, {args.threads} threads each, {args.precision}, seed 0; "
+                f"weight decay {args.weight_decay:g}, {args.threads} threads each, {args.precision}, seed {args.seed}; "
                 f"Trainer optimizer: {theirs.get('optim')}; {args.repeat} run(s) of each, alternating, "
                 "median run shown",
                 f"padded tokens per training row: ftsweep {ours.get('tokens_per_row', float('nan')):.1f}, "
