@@ -55,7 +55,6 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     Raises:
         StorageError: when the URL cannot be opened, naming it and what to check.
     """
-    import optuna
     import sqlalchemy.exc
 
     quiet_optuna()
@@ -67,7 +66,7 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     else:
         engine_kwargs = {"pool_pre_ping": True, "pool_recycle": 1800}
     try:
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, skip_compatibility_check=False)
+        storage = _create_rdb_storage(url, engine_kwargs)
         if path is not None:
             _tune_sqlite(storage)
         return storage
@@ -79,6 +78,46 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     except (sqlalchemy.exc.SQLAlchemyError, ValueError) as error:
         detail = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
         raise StorageError(f"storage {url}: cannot open it ({detail})") from error
+
+
+#: How often to retry opening a store another process is creating at the same moment.
+CREATE_ATTEMPTS = 8
+
+
+def _create_rdb_storage(url: str, engine_kwargs: dict[str, Any]) -> optuna.storages.RDBStorage:
+    """Optuna's RDBStorage, retried while another process creates the same new store.
+
+    Optuna creates its tables and stamps the alembic version without a lock, so two processes
+    opening one new store at once (a driver and ``ftsweep status``, several workers) make one
+    of them fail with "table ... already exists" or a unique-constraint error on
+    ``alembic_version``. Once the other creator has committed, opening again finds the schema
+    complete and only checks its version.
+    """
+    import random
+    import time
+
+    import optuna
+
+    for attempt in range(1, CREATE_ATTEMPTS + 1):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, skip_compatibility_check=False)
+        except Exception as error:  # noqa: BLE001 - re-raised unless it is the creation race
+            if attempt == CREATE_ATTEMPTS or not _is_concurrent_creation(error):
+                raise
+            time.sleep(min(0.05 * 2**attempt, 1.0) * random.uniform(0.5, 1.0))
+    raise AssertionError("unreachable")
+
+
+def _is_concurrent_creation(error: BaseException) -> bool:
+    """Whether ``error`` is another process creating the same schema (see _create_rdb_storage)."""
+    import sqlalchemy.exc
+
+    if not isinstance(error, sqlalchemy.exc.DBAPIError):
+        return False
+    message = str(error.orig or error).lower()
+    return isinstance(error, sqlalchemy.exc.IntegrityError) or any(
+        sign in message for sign in ("already exists", "duplicate key", "database is locked")
+    )
 
 
 def _tune_sqlite(storage: Any) -> None:

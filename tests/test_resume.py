@@ -14,6 +14,8 @@ import optuna
 import pytest
 from conftest import POSTGRES_URL, cli_env, fault_sweep, mlflow_runs, require_postgres, run_cli, write_sweep
 
+from orchestrator.study import open_storage
+
 pytestmark = pytest.mark.slow
 
 
@@ -30,7 +32,7 @@ def wait_for_epoch(storage: str, name: str, trial_number: int, epoch: int, proce
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()
         try:
-            trials = optuna.load_study(study_name=name, storage=storage).trials
+            trials = optuna.load_study(study_name=name, storage=open_storage(storage)).trials
         except KeyError:
             trials = []
         if len(trials) > trial_number and epoch in trials[trial_number].intermediate_values:
