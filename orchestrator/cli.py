@@ -199,9 +199,9 @@ def _storage_flag(url: str) -> str:
 
 def _open(args: argparse.Namespace):  # noqa: ANN202
     from orchestrator.config import resolve_storage_url
-    from orchestrator.study import load_study, open_storage
+    from orchestrator.study import load_study, open_existing_storage
 
-    storage = open_storage(resolve_storage_url(args.storage))
+    storage = open_existing_storage(resolve_storage_url(args.storage), args.study_name)
     return load_study(args.study_name, storage)
 
 

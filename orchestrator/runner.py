@@ -268,7 +268,7 @@ def resume_study(
     from orchestrator.config import load_sweep, resolve_storage_url
     from orchestrator.errors import UserError
     from orchestrator.recovery import budget_lock, recover
-    from orchestrator.study import SWEEP_ATTR, load_study, stored_sweep
+    from orchestrator.study import SWEEP_ATTR, load_study, open_existing_storage, stored_sweep
 
     url = resolve_storage_url(storage_url)
     if as_worker and not is_shared_storage(url):
@@ -276,7 +276,7 @@ def resume_study(
             f"ftsweep worker needs a server database (postgresql+psycopg://...), not {url}: a SQLite file is one "
             f"machine, one writer. On this machine run more trials at once with `ftsweep resume {study_name} --workers N`"
         )
-    storage = open_storage(url)
+    storage = open_existing_storage(url, study_name)
     study = load_study(study_name, storage)
     sweep = stored_sweep(study)
     if sweep_file or overrides:

@@ -88,6 +88,9 @@ def read_status(url: str, study_name: str, last: int | None = None, show_all: bo
     import sqlalchemy
     from sqlalchemy import text
 
+    from orchestrator.study import require_study_store
+
+    require_study_store(url, study_name)
     engine = _engine(url)
     try:
         with engine.connect() as connection:

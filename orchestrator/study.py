@@ -55,7 +55,10 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     Raises:
         StorageError: when the URL cannot be opened, naming it and what to check.
     """
+    import optuna
     import sqlalchemy.exc
+
+    from orchestrator.schema_race import create_safely
 
     quiet_optuna()
     path = sqlite_path(url)
@@ -66,7 +69,9 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     else:
         engine_kwargs = {"pool_pre_ping": True, "pool_recycle": 1800}
     try:
-        storage = _create_rdb_storage(url, engine_kwargs)
+        storage = create_safely(
+            path, lambda: optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, skip_compatibility_check=False)
+        )
         if path is not None:
             _tune_sqlite(storage)
         return storage
@@ -80,44 +85,44 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         raise StorageError(f"storage {url}: cannot open it ({detail})") from error
 
 
-#: How often to retry opening a store another process is creating at the same moment.
-CREATE_ATTEMPTS = 8
+def open_existing_storage(url: str, study_name: str) -> optuna.storages.RDBStorage:
+    """The storage of a study that ``ftsweep run`` created: for ``status``, ``best``, ``ui``, ``resume``, ``worker``.
 
+    Unlike :func:`open_storage`, it never creates anything: a mistyped SQLite path or a URL of
+    another database (the MLflow store, say) is an error naming it, not a new empty file or
+    Optuna's tables added to someone else's database.
 
-def _create_rdb_storage(url: str, engine_kwargs: dict[str, Any]) -> optuna.storages.RDBStorage:
-    """Optuna's RDBStorage, retried while another process creates the same new store.
-
-    Optuna creates its tables and stamps the alembic version without a lock, so two processes
-    opening one new store at once (a driver and ``ftsweep status``, several workers) make one
-    of them fail with "table ... already exists" or a unique-constraint error on
-    ``alembic_version``. Once the other creator has committed, opening again finds the schema
-    complete and only checks its version.
+    Raises:
+        StudyNotFound: when the store does not exist or holds no Optuna studies.
+        StorageError: when the URL cannot be opened.
     """
-    import random
-    import time
-
-    import optuna
-
-    for attempt in range(1, CREATE_ATTEMPTS + 1):
-        try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, skip_compatibility_check=False)
-        except Exception as error:  # noqa: BLE001 - re-raised unless it is the creation race
-            if attempt == CREATE_ATTEMPTS or not _is_concurrent_creation(error):
-                raise
-            time.sleep(min(0.05 * 2**attempt, 1.0) * random.uniform(0.5, 1.0))
-    raise AssertionError("unreachable")
+    require_study_store(url, study_name)
+    return open_storage(url)
 
 
-def _is_concurrent_creation(error: BaseException) -> bool:
-    """Whether ``error`` is another process creating the same schema (see _create_rdb_storage)."""
-    import sqlalchemy.exc
+def require_study_store(url: str, study_name: str) -> None:
+    """Raise :class:`StudyNotFound` unless ``url`` is an existing store with Optuna's tables."""
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
 
-    if not isinstance(error, sqlalchemy.exc.DBAPIError):
-        return False
-    message = str(error.orig or error).lower()
-    return isinstance(error, sqlalchemy.exc.IntegrityError) or any(
-        sign in message for sign in ("already exists", "duplicate key", "database is locked")
-    )
+    hint = "pass --storage with the URL the study was run with (or set FTSWEEP_STORAGE)"
+    path = sqlite_path(url)
+    if path is not None and not path.exists():
+        raise StudyNotFound(f"no study {study_name!r}: the storage {url} does not exist ({path.resolve()}); {hint}")
+    try:
+        engine = sqlalchemy.create_engine(url, poolclass=NullPool)
+    except (sqlalchemy.exc.ArgumentError, ModuleNotFoundError) as error:
+        raise StorageError(f"storage {url}: cannot open it ({error})") from error
+    try:
+        with engine.connect() as connection:
+            has_studies = sqlalchemy.inspect(connection).has_table("studies")
+    except sqlalchemy.exc.SQLAlchemyError as error:
+        detail = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        raise StorageError(f"storage {url}: cannot open it ({detail})") from error
+    finally:
+        engine.dispose()
+    if not has_studies:
+        raise StudyNotFound(f"no study {study_name!r}: {url} holds no Optuna studies; {hint}")
 
 
 def _tune_sqlite(storage: Any) -> None:

@@ -70,7 +70,10 @@ def mlflow_client(tracking_uri: str) -> Any:
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    client = MlflowClient(tracking_uri=tracking_uri)
+    from orchestrator.schema_race import create_safely
+
+    # The client opens (on first use, creates) the store: another process may be creating it too.
+    client = create_safely(sqlite_path(tracking_uri), lambda: MlflowClient(tracking_uri=tracking_uri))
     if sqlite_path(tracking_uri) is not None:
         _tune_store(client)
     return client

@@ -98,6 +98,27 @@ def test_an_unknown_study_lists_the_ones_there(tmp_path: Path) -> None:
     assert_user_error(run_cli(["status", "absent"], cwd=tmp_path), "no study 'absent'", "studies there: present")
 
 
+@pytest.mark.parametrize("verb", ["status", "best", "resume", "ui"])
+def test_reading_a_study_from_a_storage_file_that_does_not_exist_creates_nothing(tmp_path: Path, verb: str) -> None:
+    result = run_cli([verb, "mystudy", "--storage", "sqlite:///typo.db"], cwd=tmp_path)
+    assert_user_error(result, "no study 'mystudy'", "sqlite:///typo.db does not exist", "--storage")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_reading_a_study_from_a_database_that_is_not_a_study_store_leaves_it_as_it_was(tmp_path: Path) -> None:
+    import sqlite3
+
+    other = tmp_path / "mlflow.db"
+    with sqlite3.connect(other) as connection:
+        connection.execute("CREATE TABLE experiments (id INTEGER)")
+    for verb in ("status", "best", "resume"):
+        result = run_cli([verb, "mystudy", "--storage", "sqlite:///mlflow.db"], cwd=tmp_path)
+        assert_user_error(result, "no study 'mystudy'", "holds no Optuna studies")
+    with sqlite3.connect(other) as connection:
+        tables = [row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    assert tables == ["experiments"]
+
+
 def test_a_bug_exits_1_and_keeps_the_traceback_in_a_log_file(tmp_path: Path) -> None:
     sweep = fault_sweep("bug")
     sweep["trainer"]["name"] = "fault_trainer:BrokenCheckTrainer"
