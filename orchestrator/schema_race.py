@@ -47,8 +47,15 @@ def create_safely(sqlite_file: Path | None, create: Callable[[], T]) -> T:
 
 @contextlib.contextmanager
 def folder_lock(folder: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``folder`` (released when the block ends, or when the process dies)."""
-    descriptor = os.open(folder, os.O_RDONLY)
+    """An exclusive ``flock`` on ``folder`` (released when the block ends, or when the process dies).
+
+    A folder that cannot be opened is left unlocked: the store's own error then names the problem.
+    """
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        yield
+        return
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX)
         yield

@@ -71,3 +71,12 @@ def test_processes_creating_one_new_sqlite_store_at_once_all_open_it(tmp_path: P
 @pytest.mark.parametrize("kind", ["optuna", "mlflow"])
 def test_processes_creating_one_new_postgresql_store_at_once_all_open_it(new_postgres_database: str, kind: str) -> None:
     assert open_all_at_once(kind, new_postgres_database) == ["ok"] * PROCESSES
+
+
+def test_a_folder_that_cannot_be_locked_is_left_to_the_stores_own_error(tmp_path: Path) -> None:
+    from orchestrator.schema_race import folder_lock
+
+    entered = []
+    with folder_lock(tmp_path / "missing"):
+        entered.append(True)
+    assert entered == [True]
