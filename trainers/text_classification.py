@@ -97,6 +97,15 @@ class TextClassificationSettings(StrictModel):
             "study's cache folder on disk (or a temporary folder when the trial has none)."
         ),
     )
+    feature_cache_intermediate_mb: int = Field(
+        4096,
+        ge=0,
+        description=(
+            "Megabytes of extra disk one fill of one split may use to also store the shallower depths it "
+            "passes through (so later trials with a smaller freeze_depth load them); 0 stores only the "
+            "trial's own depth. Nothing is stored while it would leave less than 1 GiB free."
+        ),
+    )
     feature_cache_dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto",
         description=(
@@ -610,6 +619,7 @@ class _Trial:
             to_device=self._to_device,
             root=Path(self.ctx.cache_dir) / "features" if self.ctx.cache_dir is not None else None,
             memory_bytes=settings.feature_cache_memory_mb * 2**20,
+            intermediate_bytes=settings.feature_cache_intermediate_mb * 2**20,
             dtype=dtype,
             compute=self.compute,
             max_length=settings.max_length,
