@@ -73,3 +73,27 @@ def macro_f1_metrics(n_labels: int) -> Callable[[Any], dict[str, float]]:
         return {"accuracy": accuracy, "f1": f1}
 
     return compute_metrics
+
+
+def training_arguments(output_dir: Path, *, epochs: int, batch_size: int, seed: int, **settings: Any) -> Any:
+    """The ``TrainingArguments`` both benchmarks share (CPU, linear schedule, clipping at 1, evaluation
+    each epoch, nothing saved, logged or reported); ``settings`` add each one's own."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=epochs,
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=2 * batch_size,
+        lr_scheduler_type="linear",
+        max_grad_norm=1.0,
+        eval_strategy="epoch",
+        save_strategy="no",
+        logging_strategy="no",
+        report_to="none",
+        dataloader_num_workers=0,
+        seed=seed,
+        use_cpu=True,
+        disable_tqdm=True,
+        **settings,
+    )

@@ -181,14 +181,13 @@ def child_hf(task: dict[str, Any], folder: Path) -> None:
     import optuna
     import torch
     import torch.nn.functional as F  # noqa: N812 - the usual name
-    from _hf import macro_f1_metrics, read_trainer_data
+    from _hf import macro_f1_metrics, read_trainer_data, training_arguments
     from transformers import (
         AutoConfig,
         AutoModelForSequenceClassification,
         AutoTokenizer,
         DataCollatorWithPadding,
         Trainer,
-        TrainingArguments,
     )
     from transformers.utils import logging as hf_logging
 
@@ -256,27 +255,17 @@ def child_hf(task: dict[str, Any], folder: Path) -> None:
         smoothing = holder["trainer"].args.label_smoothing_factor
         return F.cross_entropy(logits, targets, weight=weights, label_smoothing=smoothing)
 
-    training = TrainingArguments(
-        output_dir=str(folder / "hf-output"),
-        num_train_epochs=task["epochs"],
-        per_device_train_batch_size=task["batch_size"],
-        per_device_eval_batch_size=2 * task["batch_size"],
+    training = training_arguments(
+        folder / "hf-output",
+        epochs=task["epochs"],
+        batch_size=task["batch_size"],
+        seed=task["seed"],
         learning_rate=3e-5,
         weight_decay=0.0,
         # A float: hp_space values are cast to the type of the current value, and the default
         # warmup_steps is the int 0, which would turn every sampled ratio into 0 steps.
         warmup_steps=0.0,
         label_smoothing_factor=0.0,
-        lr_scheduler_type="linear",
-        max_grad_norm=1.0,
-        eval_strategy="epoch",
-        save_strategy="no",
-        logging_strategy="no",
-        report_to="none",
-        dataloader_num_workers=0,
-        seed=task["seed"],
-        use_cpu=True,
-        disable_tqdm=True,
     )
     trainer = Trainer(
         model_init=model_init,

@@ -110,14 +110,13 @@ def child_ftsweep(args: argparse.Namespace, data: dict[str, str]) -> dict[str, A
 
 def child_hf(args: argparse.Namespace, data: dict[str, str]) -> dict[str, Any]:
     import torch
-    from _hf import macro_f1_metrics, read_trainer_data
+    from _hf import macro_f1_metrics, read_trainer_data, training_arguments
     from transformers import (
         AutoModelForSequenceClassification,
         AutoTokenizer,
         DataCollatorWithPadding,
         Trainer,
         TrainerCallback,
-        TrainingArguments,
     )
 
     from trainers.text_classification import resolve_model
@@ -167,25 +166,15 @@ def child_hf(args: argparse.Namespace, data: dict[str, str]) -> dict[str, Any]:
             training_tokens[0] += int(batch["input_ids"].numel())
         return batch
 
-    training = TrainingArguments(
-        output_dir=str(Path(data["train"]).parent / "hf-output"),
-        num_train_epochs=args.epochs,
-        per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=2 * args.batch_size,
+    training = training_arguments(
+        Path(data["train"]).parent / "hf-output",
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
         learning_rate=args.learning_rate,
         weight_decay=args.weight_decay,
         warmup_steps=0,
-        lr_scheduler_type="linear",
-        max_grad_norm=1.0,
-        eval_strategy="epoch",
         bf16=args.precision == "bf16",
-        save_strategy="no",
-        logging_strategy="no",
-        report_to=[],
-        dataloader_num_workers=0,
-        seed=args.seed,
-        use_cpu=True,
-        disable_tqdm=True,
     )
     trainer = Trainer(
         model=model,

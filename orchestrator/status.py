@@ -42,16 +42,6 @@ class StatusData:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _engine(url: str) -> Any:
-    import sqlalchemy
-    from sqlalchemy.pool import NullPool
-
-    try:
-        return sqlalchemy.create_engine(url, poolclass=NullPool)
-    except (sqlalchemy.exc.ArgumentError, ModuleNotFoundError) as error:
-        raise StorageError(f"storage {url}: cannot open it ({error})") from error
-
-
 def _when(value: Any) -> datetime.datetime | None:
     if value is None or isinstance(value, datetime.datetime):
         return value
@@ -88,12 +78,13 @@ def read_status(url: str, study_name: str, last: int | None = None, show_all: bo
     import sqlalchemy
     from sqlalchemy import text
 
-    from orchestrator.study import require_study_store
+    from orchestrator.study import null_pool_engine, require_store_file, require_study_tables
 
-    require_study_store(url, study_name)
-    engine = _engine(url)
+    require_store_file(url, study_name)
+    engine = null_pool_engine(url)
     try:
         with engine.connect() as connection:
+            require_study_tables(connection, url, study_name)
             return _read(connection, text, study_name, url, last, show_all)
     except sqlalchemy.exc.SQLAlchemyError as error:
         detail = str(getattr(error, "orig", None) or error).strip().splitlines()[0]

@@ -103,26 +103,46 @@ def open_existing_storage(url: str, study_name: str) -> optuna.storages.RDBStora
 def require_study_store(url: str, study_name: str) -> None:
     """Raise :class:`StudyNotFound` unless ``url`` is an existing store with Optuna's tables."""
     import sqlalchemy
-    from sqlalchemy.pool import NullPool
 
-    hint = "pass --storage with the URL the study was run with (or set FTSWEEP_STORAGE)"
-    path = sqlite_path(url)
-    if path is not None and not path.exists():
-        raise StudyNotFound(f"no study {study_name!r}: the storage {url} does not exist ({path.resolve()}); {hint}")
-    try:
-        engine = sqlalchemy.create_engine(url, poolclass=NullPool)
-    except (sqlalchemy.exc.ArgumentError, ModuleNotFoundError) as error:
-        raise StorageError(f"storage {url}: cannot open it ({error})") from error
+    require_store_file(url, study_name)
+    engine = null_pool_engine(url)
     try:
         with engine.connect() as connection:
-            has_studies = sqlalchemy.inspect(connection).has_table("studies")
+            require_study_tables(connection, url, study_name)
     except sqlalchemy.exc.SQLAlchemyError as error:
         detail = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
         raise StorageError(f"storage {url}: cannot open it ({detail})") from error
     finally:
         engine.dispose()
-    if not has_studies:
-        raise StudyNotFound(f"no study {study_name!r}: {url} holds no Optuna studies; {hint}")
+
+
+_STORE_HINT = "pass --storage with the URL the study was run with (or set FTSWEEP_STORAGE)"
+
+
+def require_store_file(url: str, study_name: str) -> None:
+    """Raise :class:`StudyNotFound` when ``url`` is a SQLite file that does not exist (opening it would create it)."""
+    path = sqlite_path(url)
+    if path is not None and not path.exists():
+        raise StudyNotFound(f"no study {study_name!r}: the storage {url} does not exist ({path.resolve()}); {_STORE_HINT}")
+
+
+def require_study_tables(connection: Any, url: str, study_name: str) -> None:
+    """Raise :class:`StudyNotFound` when the database on ``connection`` holds no Optuna studies."""
+    import sqlalchemy
+
+    if not sqlalchemy.inspect(connection).has_table("studies"):
+        raise StudyNotFound(f"no study {study_name!r}: {url} holds no Optuna studies; {_STORE_HINT}")
+
+
+def null_pool_engine(url: str) -> Any:
+    """A SQLAlchemy engine on ``url`` without a connection pool, for a command's few reads."""
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    try:
+        return sqlalchemy.create_engine(url, poolclass=NullPool)
+    except (sqlalchemy.exc.ArgumentError, ModuleNotFoundError) as error:
+        raise StorageError(f"storage {url}: cannot open it ({error})") from error
 
 
 def _tune_sqlite(storage: Any) -> None:

@@ -68,13 +68,14 @@ def mlflow_client(tracking_uri: str) -> Any:
     """An ``MlflowClient``; on a SQLite file, with the same write-ahead logging as the study's."""
     from mlflow.tracking import MlflowClient
 
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
     from orchestrator.schema_race import create_safely
 
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    path = sqlite_path(tracking_uri)
     # The client opens (on first use, creates) the store: another process may be creating it too.
-    client = create_safely(sqlite_path(tracking_uri), lambda: MlflowClient(tracking_uri=tracking_uri))
-    if sqlite_path(tracking_uri) is not None:
+    client = create_safely(path, lambda: MlflowClient(tracking_uri=tracking_uri))
+    if path is not None:
         _tune_store(client)
     return client
 
