@@ -205,6 +205,14 @@ def test_gradient_accumulation_keeps_the_effective_batch(
     assert halves == pytest.approx(whole, abs=1e-4)
 
 
+def test_out_of_memory_retries_with_twice_the_accumulation(tiny_model: Path, toy_data: dict[str, Path], tmp_path: Path) -> None:
+    trainer = make_trainer(tiny_model, toy_data, tmp_path)
+    params = trainer.Params(gradient_accumulation_steps=2).model_dump()
+    retry = trainer.on_out_of_memory(params)
+    assert retry == {**params, "gradient_accumulation_steps": 4}
+    assert params["gradient_accumulation_steps"] == 2  # the caller's parameters are left as they were
+
+
 def test_freeze_depth_beyond_the_model(tiny_model: Path, toy_data: dict[str, Path], tmp_path: Path) -> None:
     trainer = make_trainer(tiny_model, toy_data, tmp_path)
     with pytest.raises(ValueError, match=r"freeze_depth 3 is out of range .*allowed: 0 to 2"):
@@ -274,3 +282,10 @@ def test_macro_f1() -> None:
     accuracy, f1 = accuracy_and_macro_f1(torch.tensor([[3, 1, 0], [0, 2, 0], [0, 0, 0]]))
     assert accuracy == pytest.approx(5 / 6)
     assert f1 == pytest.approx((2 * 3 / (2 * 3 + 1) + 2 * 2 / (2 * 2 + 1)) / 2)
+
+
+def test_a_trainer_without_an_out_of_memory_plan_says_none(tmp_path: Path) -> None:
+    from trainers.noop import NoopTrainer
+
+    trainer = NoopTrainer(NoopTrainer.Settings(), base_dir=tmp_path)
+    assert trainer.on_out_of_memory({"x": 1}) is None

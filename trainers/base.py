@@ -189,6 +189,21 @@ class BaseTrainer(ABC):
             value = self.Params.model_fields["epochs"].default
         return int(value) if isinstance(value, int | float) else None
 
+    def on_out_of_memory(self, params: dict[str, Any]) -> dict[str, Any] | None:
+        """The parameters to retry the trial with after an out-of-memory error.
+
+        The trial runner calls it once, when ``run`` ran out of accelerator memory; the trial is
+        retried with what it returns.
+
+        Args:
+            params: the trial's parameters, as ``run`` was given them.
+
+        Returns:
+            the parameters of a trial that needs less memory (for the same result, ideally), or
+            None when this trainer cannot use less memory; the default returns None.
+        """
+        return None
+
     @abstractmethod
     def run(self, ctx: TrialContext) -> dict[str, float]:
         """Train one trial, calling ``ctx.report`` after every epoch.

@@ -265,6 +265,13 @@ class TextClassificationTrainer(BaseTrainer):
         """``num_layers``: how many encoder layers the model has (the upper bound of ``freeze_depth``)."""
         return {"num_layers": int(self.model_config().num_hidden_layers)}
 
+    def on_out_of_memory(self, params: dict[str, Any]) -> dict[str, Any] | None:
+        """Half the per-step batch, twice the accumulation: the same effective batch in less memory."""
+        steps = params.get("gradient_accumulation_steps")
+        if steps is None:
+            return None
+        return {**params, "gradient_accumulation_steps": int(steps) * 2}
+
     def run(self, ctx: TrialContext) -> dict[str, float]:
         """Train one trial; see :class:`_Trial`."""
         params = self.Params(**ctx.params)
