@@ -205,7 +205,9 @@ def test_gradient_accumulation_keeps_the_effective_batch(
     assert halves == pytest.approx(whole, abs=1e-4)
 
 
-def test_out_of_memory_retries_with_twice_the_accumulation(tiny_model: Path, toy_data: dict[str, Path], tmp_path: Path) -> None:
+def test_out_of_memory_retries_with_twice_the_accumulation(
+    tiny_model: Path, toy_data: dict[str, Path], tmp_path: Path
+) -> None:
     trainer = make_trainer(tiny_model, toy_data, tmp_path)
     params = trainer.Params(gradient_accumulation_steps=2).model_dump()
     retry = trainer.on_out_of_memory(params)
