@@ -16,7 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from orchestrator.errors import ConfigError
+from ftsweep_common.errors import ConfigError
+from ftsweep_common.yaml_io import describe_validation_error, read_yaml_mapping  # also imported from here
 
 DEFAULT_STORAGE = "sqlite:///ftsweep.db"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -256,28 +257,6 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return result
 
 
-def read_yaml_mapping(path: Path, what: str = "sweep file") -> dict[str, Any]:
-    """A YAML file that must hold a mapping; errors name the file and the line."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"no such {what}: {path}") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as error:
-        raise ConfigError(f"cannot read {what} {path}: {error}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(error, "problem", None) or str(error)
-        raise ConfigError(f"{where}invalid YAML: {problem}", source=str(path)) from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"must be a YAML mapping of sections, not a {type(data).__name__}", source=str(path))
-    return data
-
-
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     """Read, override and validate a sweep file.
 
@@ -296,63 +275,3 @@ def validate_sweep(raw: dict[str, Any], base_dir: Path, source: str) -> Sweep:
     except ValidationError as error:
         raise ConfigError(describe_validation_error(error, SweepModel), source=source) from None
     return Sweep(model=model, raw=raw, base_dir=Path(base_dir), source=source)
-
-
-def describe_validation_error(error: ValidationError, root: type[BaseModel], prefix: str = "") -> list[str]:
-    """One line per key path: what is wrong, what was received.
-
-    A value that fails every member of a union (``int | 'auto'``) gives one line, not one
-    per member.
-    """
-    by_path: dict[str, list[str]] = {}
-    for item in error.errors():
-        location = [part for part in item["loc"] if not _is_type_tag(part)]
-        path = prefix + ".".join(str(part) for part in location) if location else prefix.rstrip(".") or "(top level)"
-        kind = item["type"]
-        if kind == "extra_forbidden":
-            allowed = allowed_keys(root, tuple(location[:-1]))
-            hint = f"; allowed keys: {', '.join(allowed)}" if allowed else ""
-            message = f"unknown key{hint}"
-        elif kind == "missing":
-            message = "required key is missing"
-        else:
-            message = item["msg"].removeprefix("Value error, ")
-            received = item.get("input")
-            if not isinstance(received, dict | list):
-                message += f" (got {received!r})"
-        messages = by_path.setdefault(path, [])
-        if message not in messages:
-            messages.append(message)
-    return [f"{path}: {'; or '.join(messages)}" for path, messages in by_path.items()]
-
-
-def _is_type_tag(part: Any) -> bool:
-    """pydantic names the member of a union in the error location (``int``, ``literal['auto']``)."""
-    if not isinstance(part, str):
-        return False
-    return part.startswith(("function-", "literal[", "dict[", "list[", "tuple[")) or part in (
-        "int", "float", "str", "bool", "none", "dict", "list", "constrained-float", "constrained-int",
-    )
-
-
-def allowed_keys(model: type[BaseModel], location: tuple[Any, ...]) -> list[str]:
-    """The field names of the model found by following ``location`` from ``model``."""
-    current: Any = model
-    for part in location:
-        field = getattr(current, "model_fields", {}).get(part)
-        if field is None:
-            return []
-        current = _model_class(field.annotation)
-        if current is None:
-            return []
-    return list(getattr(current, "model_fields", {}))
-
-
-def _model_class(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for argument in getattr(annotation, "__args__", ()):
-        found = _model_class(argument)
-        if found is not None:
-            return found
-    return None

@@ -23,8 +23,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from orchestrator.config import describe_validation_error, read_yaml_mapping
-from orchestrator.errors import ConfigError
+from ftsweep_common.errors import ConfigError
+from ftsweep_common.yaml_io import describe_validation_error, read_yaml_mapping
 
 SPACES_DIR = Path(__file__).resolve().parent
 _SYMBOL = re.compile(r"^\s*([A-Za-z_]\w*)\s*(?:([+-])\s*(\d+(?:\.\d+)?))?\s*$")

@@ -345,6 +345,62 @@ def test_invalid_yaml_gives_the_line(tmp_path: Path) -> None:
     assert "invalid YAML" in str(error)
 
 
+def test_a_key_given_twice_is_refused_with_its_line(tmp_path: Path) -> None:
+    # YAML itself keeps the last value silently: the first epochs would be lost without a word.
+    path = write_sweep(
+        tmp_path,
+        """\
+        study:
+          name: demo
+        trainer:
+          model: ./tiny-bert
+          epochs: 3
+          data:
+            train: data/train.csv
+          epochs: 5
+        """,
+    )
+
+    error = config_error(path)
+
+    assert str(error) == f"{path}: line 8: duplicate key 'epochs' (first given on line 5); give each key once"
+
+
+def test_a_repeated_section_is_refused_but_a_yaml_merge_is_not(tmp_path: Path) -> None:
+    path = write_sweep(tmp_path, MINIMAL + "study:\n  name: other\n")
+    assert "line 7: duplicate key 'study' (first given on line 1)" in str(config_error(path))
+
+    merged = write_sweep(
+        tmp_path,
+        """\
+        defaults: &defaults
+          name: demo
+        study:
+          <<: *defaults
+          n_trials: 3
+        trainer:
+          model: ./tiny-bert
+        """,
+        name="merged.yaml",
+    )
+    from orchestrator.config import read_yaml_mapping
+
+    assert read_yaml_mapping(merged)["study"] == {"name": "demo", "n_trials": 3}
+
+
+def test_a_search_space_file_with_a_key_given_twice_is_refused(tmp_path: Path) -> None:
+    from search_spaces import load_search_space
+
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        "learning_rate: {type: float, low: 1.0e-5, high: 1.0e-3}\nlearning_rate: {type: float, low: 0.1, high: 1}\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_search_space(str(space), tmp_path)
+    assert str(caught.value) == f"{space}: line 2: duplicate key 'learning_rate' (first given on line 1); give each key once"
+
+
 def test_yaml_file_holding_a_list(tmp_path: Path) -> None:
     path = write_sweep(tmp_path, "- study\n- trainer\n")
 

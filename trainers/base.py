@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from orchestrator.errors import ConfigError
+from ftsweep_common.errors import ConfigError
 
 #: Built-in trainers by name. Values are import paths so that naming one imports only it.
 BUILTIN_TRAINERS: dict[str, str] = {
@@ -162,7 +162,7 @@ class BaseTrainer(ABC):
         """Check, in the driver, that the data and the model can be used.
 
         Raises:
-            orchestrator.errors.UserError: naming the file and the field at fault.
+            ftsweep_common.errors.UserError: naming the file and the field at fault.
         """
 
     def input_paths(self) -> list[Path]:

@@ -1,6 +1,6 @@
 """Labelled text data: reading files, splitting, tokenizing once per study, and batching with little padding.
 
-Every problem a user can fix raises :class:`~orchestrator.errors.DataError` with one line that
+Every problem a user can fix raises :class:`~ftsweep_common.errors.DataError` with one line that
 names the sweep key (``trainer.data.train``) and the file, so a bad data file costs seconds in
 the driver's ``check()`` rather than a failed trial.
 
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
-from orchestrator.errors import DataError
+from ftsweep_common.errors import DataError
 from trainers.base import StrictModel
 
 if TYPE_CHECKING:

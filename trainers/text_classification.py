@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from orchestrator.errors import ConfigError, ModelError
+from ftsweep_common.errors import ConfigError, ModelError
 from trainers.base import BaseTrainer, StrictModel, TrialContext, TrialDiverged
 from trainers.data import DataSettings, load_splits
 
