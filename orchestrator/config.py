@@ -22,6 +22,7 @@ from ftsweep_common.yaml_io import describe_validation_error, read_yaml_mapping 
 DEFAULT_STORAGE = "sqlite:///ftsweep.db"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 STORAGE_ENV = "FTSWEEP_STORAGE"
+DEFAULT_TRAINER = "text-classification"
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp", "qmc")
@@ -58,8 +59,9 @@ class PrunerConfig(BaseModel):
 class StudyConfig(_Strict):
     name: str = Field(min_length=1, max_length=200, description="The study's name in the storage.")
     storage: str | None = Field(None, description=f"SQLAlchemy URL; default ${STORAGE_ENV} or {DEFAULT_STORAGE}.")
-    metric: str = Field("val_f1", description="The metric the study optimizes; any metric the trainer reports.")
-    direction: Literal["maximize", "minimize"] = "maximize"
+    # Neither has a default here: the trainer supplies them (see with_trainer_defaults).
+    metric: str = Field(description="The metric the study optimizes; any metric the trainer reports.")
+    direction: Literal["maximize", "minimize"] = Field(description="Which way the metric improves.")
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     pruner: PrunerConfig = Field(default_factory=PrunerConfig)
     n_trials: int = Field(20, ge=1, description="Finished trials the study runs, across all workers.")
@@ -83,7 +85,7 @@ class TrainerConfig(BaseModel):
     """``trainer``: ``name`` and ``params`` here; every other key belongs to the trainer's own settings."""
 
     model_config = ConfigDict(extra="allow")
-    name: str = "text-classification"
+    name: str = DEFAULT_TRAINER
     params: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -120,7 +122,7 @@ class TrackingConfig(_Strict):
 class SweepModel(_Strict):
     study: StudyConfig
     trainer: TrainerConfig
-    search_space: str | dict[str, Any] = "regularization"
+    search_space: str | dict[str, Any] = Field(description="A shipped space's name, a YAML file or a mapping.")
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
@@ -269,9 +271,53 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
 
 
 def validate_sweep(raw: dict[str, Any], base_dir: Path, source: str) -> Sweep:
-    """Validate a sweep mapping (from a file or from a study's store)."""
+    """Validate a sweep mapping (from a file or from a study's store).
+
+    The returned sweep's ``raw`` holds the trainer's defaults (:func:`with_trainer_defaults`), so
+    a stored study keeps the metric and the space it was created with.
+    """
+    try:
+        raw = with_trainer_defaults(raw)
+    except ConfigError as error:
+        raise ConfigError(error.problems, source=source) from None
     try:
         model = SweepModel.model_validate(raw)
     except ValidationError as error:
         raise ConfigError(describe_validation_error(error, SweepModel), source=source) from None
     return Sweep(model=model, raw=raw, base_dir=Path(base_dir), source=source)
+
+
+def with_trainer_defaults(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with ``study.metric``, ``study.direction`` and ``search_space`` filled in from the trainer.
+
+    What a trial reports and what it can search belong to the trainer, not to the sweep schema:
+    the trainer class supplies ``default_metric``, ``direction_of(metric)`` and
+    ``default_search_space``. The class is imported only when the file leaves one of them out;
+    a trainer without a default leaves the key missing, and validation says it is required.
+
+    Raises:
+        ConfigError: for ``trainer.name`` when a default is needed and the trainer cannot be loaded.
+    """
+    study = raw.get("study")
+    study_incomplete = isinstance(study, dict) and not {"metric", "direction"} <= set(study)
+    if not study_incomplete and "search_space" in raw:
+        return raw
+    trainer = raw.get("trainer")
+    name = trainer.get("name", DEFAULT_TRAINER) if isinstance(trainer, dict) else DEFAULT_TRAINER
+    if not isinstance(name, str):
+        return raw  # validation names the bad trainer.name
+    from trainers.base import load_trainer_class
+
+    trainer_cls = load_trainer_class(name)
+    filled = dict(raw)
+    if isinstance(study, dict) and study_incomplete:
+        study = dict(study)
+        if "metric" not in study and trainer_cls.default_metric is not None:
+            study["metric"] = trainer_cls.default_metric
+        if "direction" not in study and isinstance(study.get("metric"), str):
+            study["direction"] = trainer_cls.direction_of(study["metric"])
+        filled["study"] = study
+    if "search_space" not in raw and trainer_cls.default_search_space is not None:
+        filled["search_space"] = trainer_cls.default_search_space
+    return filled
+

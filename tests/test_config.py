@@ -655,12 +655,36 @@ def test_plan_sweep_rejects_a_metric_the_trainer_does_not_report(tmp_path: Path)
     from orchestrator.plan import plan_sweep
 
     with pytest.raises(ConfigError) as caught:
-        plan_sweep(noop_sweep(tmp_path, study={"name": "noop-demo"}))
+        plan_sweep(noop_sweep(tmp_path, study={"name": "noop-demo", "metric": "val_f1"}))
 
     assert str(tmp_path / "sweep.yaml") in str(caught.value)
     assert caught.value.problems == [
         "study.metric: 'val_f1' is not a metric the trainer 'noop' reports; allowed: score, loss"
     ]
+
+
+def test_the_trainer_supplies_the_metric_direction_and_space_a_file_leaves_out(tmp_path: Path) -> None:
+    noop = noop_sweep(tmp_path, study={"name": "noop-demo"})
+    assert (noop.study.metric, noop.study.direction) == ("score", "maximize")
+    assert noop.raw["study"]["metric"] == "score", "the stored sweep keeps the metric it was created with"
+
+    text = load_sweep(write_sweep(tmp_path, MINIMAL.replace("name: demo", "name: demo\n  metric: val_loss")))
+    assert (text.study.metric, text.study.direction) == ("val_loss", "minimize")
+    assert text.model.search_space == "regularization"
+
+
+def test_a_trainer_without_a_default_space_needs_one_in_the_file(tmp_path: Path) -> None:
+    raw = {"study": {"name": "noop-demo"}, "trainer": {"name": "noop"}}
+    with pytest.raises(ConfigError) as caught:
+        validate_sweep(raw, base_dir=tmp_path, source="sweep.yaml")
+    assert caught.value.problems == ["search_space: required key is missing"]
+
+
+def test_an_unknown_trainer_is_named_when_its_defaults_are_needed(tmp_path: Path) -> None:
+    raw = {"study": {"name": "x"}, "trainer": {"name": "nope"}}
+    with pytest.raises(ConfigError) as caught:
+        validate_sweep(raw, base_dir=tmp_path, source="sweep.yaml")
+    assert str(caught.value).startswith("sweep.yaml: trainer.name: unknown trainer 'nope'")
 
 
 def test_plan_sweep_rejects_a_parameter_the_trainer_does_not_take(tmp_path: Path) -> None:

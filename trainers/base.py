@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -149,6 +149,13 @@ class BaseTrainer(ABC):
     settings_as_params: ClassVar[tuple[str, ...]] = ()
     #: Modules a worker process imports once, before it forks trials.
     preload_modules: ClassVar[tuple[str, ...]] = ()
+    #: The study's metric when the sweep file names none (``study.metric``); None: the file must name one.
+    default_metric: ClassVar[str | None] = None
+    #: Which way a metric improves when the sweep file does not say (``study.direction``);
+    #: :meth:`direction_of` may answer per metric.
+    default_direction: ClassVar[Literal["maximize", "minimize"]] = "maximize"
+    #: The shipped search space (``search_space``) when the sweep file gives none; None: it must give one.
+    default_search_space: ClassVar[str | None] = None
 
     def __init__(self, settings: StrictModel, base_dir: Path) -> None:
         """Args:
@@ -164,6 +171,15 @@ class BaseTrainer(ABC):
         Raises:
             ftsweep_common.errors.UserError: naming the file and the field at fault.
         """
+
+    @classmethod
+    def direction_of(cls, metric: str) -> Literal["maximize", "minimize"]:
+        """Which way ``metric`` improves, for a sweep file that names the metric but not the direction.
+
+        The default answers :attr:`default_direction` for every metric; a trainer that reports
+        losses overrides it.
+        """
+        return cls.default_direction
 
     def input_paths(self) -> list[Path]:
         """Local files and folders every trial reads (data, model): on a cluster, every node must see them."""

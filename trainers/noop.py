@@ -8,6 +8,7 @@ measuring scheduling overhead. It imports nothing heavy (no torch at import time
 from __future__ import annotations
 
 import time
+from typing import Literal
 
 from pydantic import Field
 
@@ -45,6 +46,13 @@ class NoopTrainer(BaseTrainer):
     Params = NoopParams
     metric_names = ("score", "loss")
     settings_as_params = ("epochs", "sleep_seconds")
+    default_metric = "score"
+    default_direction = "maximize"
+
+    @classmethod
+    def direction_of(cls, metric: str) -> Literal["maximize", "minimize"]:
+        """``score`` grows toward the optimum; ``loss`` (its negative) shrinks."""
+        return "minimize" if metric == "loss" else "maximize"
 
     def run(self, ctx: TrialContext) -> dict[str, float]:
         """Report each epoch's score; continue after the last checkpointed epoch when there is one."""

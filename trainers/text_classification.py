@@ -193,6 +193,9 @@ class TextClassificationTrainer(BaseTrainer):
         "generalization_gap",
     )
     settings_as_params = ("epochs", "batch_size")
+    default_metric = "val_f1"
+    default_direction = "maximize"
+    default_search_space = "regularization"
     # transformers imports its model machinery lazily, on the first from_pretrained (over a
     # second); importing it once per worker, before trials fork, takes that off every trial.
     preload_modules = (
@@ -264,6 +267,11 @@ class TextClassificationTrainer(BaseTrainer):
     def symbols(self) -> dict[str, float]:
         """``num_layers``: how many encoder layers the model has (the upper bound of ``freeze_depth``)."""
         return {"num_layers": int(self.model_config().num_hidden_layers)}
+
+    @classmethod
+    def direction_of(cls, metric: str) -> Literal["maximize", "minimize"]:
+        """Losses and the generalization gap shrink as the model gets better; accuracy and F1 grow."""
+        return "minimize" if metric.endswith("loss") or metric == "generalization_gap" else "maximize"
 
     def on_out_of_memory(self, params: dict[str, Any]) -> dict[str, Any] | None:
         """Half the per-step batch, twice the accumulation: the same effective batch in less memory."""
