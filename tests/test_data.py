@@ -71,7 +71,36 @@ def test_missing_column_lists_the_columns(tmp_path: Path) -> None:
     with pytest.raises(DataError) as caught:
         read_table(path, "txt", "label", key="trainer.data.train")
     message = str(caught.value)
-    assert message == f"trainer.data.train: {path} has no column 'txt'; its columns are: text, label"
+    assert message == (
+        f"trainer.data.train: {path} has no column 'txt'; its columns are: text, label; "
+        "set trainer.data.text_column to the column that holds the text"
+    )
+    with pytest.raises(DataError, match="; set trainer.data.label_column to the column that holds the label$"):
+        read_table(path, "text", "labels", key="trainer.data.train")
+
+
+@pytest.mark.parametrize("extension", [".csv", ".jsonl", ".parquet"])
+@pytest.mark.parametrize("marker", ["NaN", "nan", "<NA>", "#N/A", "null"])
+def test_a_missing_label_written_as_text_is_not_a_class(tmp_path: Path, extension: str, marker: str) -> None:
+    rows = [*ROWS, {"text": "no label here", "label": marker}, {"text": "nor here", "label": marker}]
+    path = write_rows(tmp_path / f"train{extension}", rows)
+    with pytest.raises(DataError) as caught:
+        read_table(path, "text", "label", key="trainer.data.train")
+    assert str(caught.value) == (
+        f"trainer.data.train: {path} has a missing label written as {marker!r} in column 'label' "
+        "(data rows 5, 6 (counting from 1)); it would train as a class of its own: "
+        "fill in those labels or remove the rows"
+    )
+
+
+def test_none_and_na_stay_class_names(tmp_path: Path) -> None:
+    path = write_rows(tmp_path / "train.csv", [{"text": "a", "label": "None"}, {"text": "b", "label": "NA"}])
+    assert read_table(path, "text", "label")[1] == ["None", "NA"]
+
+
+def test_the_text_column_cannot_be_the_label_column() -> None:
+    with pytest.raises(ValueError, match="text_column and label_column are both 'label'"):
+        DataSettings(train="t.csv", text_column="label")
 
 
 @pytest.mark.parametrize("content", ["", "text,label\n"])

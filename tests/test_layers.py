@@ -53,3 +53,53 @@ def test_the_orchestrator_still_offers_the_error_classes() -> None:
 
     for name in ground.__all__:
         assert getattr(orchestrator_errors, name) is getattr(ground, name)
+
+
+def module_imports(package: str) -> dict[str, set[str]]:
+    """For each module of ``package``, the modules of the same package it imports (anywhere in it)."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted((ROOT / package).rglob("*.py")):
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                targets.add(node.module)
+        graph[name] = {target for target in targets if target.startswith(package + ".") and target != name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of ``graph`` (its modules in order), or None."""
+    state: dict[str, str] = {}
+
+    def visit(node: str, trail: list[str]) -> list[str] | None:
+        state[node] = "open"
+        for target in sorted(graph.get(node, ())):
+            if state.get(target) == "open":
+                return trail[trail.index(target):] + [target]
+            if target not in state:
+                found = visit(target, trail + [target])
+                if found:
+                    return found
+        state[node] = "done"
+        return None
+
+    for start in sorted(graph):
+        if start not in state:
+            found = visit(start, [start])
+            if found:
+                return found
+    return None
+
+
+@pytest.mark.parametrize("package", ["trainers", "search_spaces", "ftsweep_common"])
+def test_no_import_cycle_inside_a_package(package: str) -> None:
+    # A cycle hidden in function-level imports still couples the two modules; data.py and
+    # feature_cache.py had one (the shared-folder helpers now live in trainers.shared_folder).
+    assert find_cycle(module_imports(package)) is None
+
+
+def test_the_cycle_check_finds_a_cycle() -> None:
+    assert find_cycle({"p.a": {"p.b"}, "p.b": {"p.c"}, "p.c": {"p.a"}}) == ["p.a", "p.b", "p.c", "p.a"]

@@ -259,7 +259,8 @@ def test_check_missing_column(tiny_model: Path, toy_data: dict[str, Path], tmp_p
     with pytest.raises(DataError) as caught:
         trainer.check()
     assert str(caught.value) == (
-        f"trainer.data.train: {toy_data['train']} has no column 'body'; its columns are: text, label"
+        f"trainer.data.train: {toy_data['train']} has no column 'body'; its columns are: text, label; "
+        "set trainer.data.text_column to the column that holds the text"
     )
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ftsweep_common.errors import DataError
 from trainers.base import StrictModel
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     import torch
 
 ALLOWED_EXTENSIONS = (".csv", ".jsonl", ".parquet")
+#: Labels (compared in lower case) that are a missing value written out as text, never a class.
+MISSING_LABEL_MARKERS = frozenset({"nan", "-nan", "<na>", "#n/a", "n/a", "null"})
 #: How many offending rows an error message lists before it says "and N more".
 _ROWS_SHOWN = 5
 
@@ -62,6 +64,15 @@ class DataSettings(StrictModel):
             "every trial is scored on the same validation rows."
         ),
     )
+
+    @model_validator(mode="after")
+    def _text_is_not_the_label(self) -> DataSettings:
+        if self.text_column == self.label_column:
+            raise ValueError(
+                f"text_column and label_column are both {self.text_column!r}: the model would read its "
+                "own label; set trainer.data.text_column and trainer.data.label_column to two different columns"
+            )
+        return self
 
 
 @dataclass
@@ -153,10 +164,14 @@ def read_table(
         raise DataError(f"{prefix}{path} is empty")
     reader = {".csv": _read_csv, ".jsonl": _read_jsonl, ".parquet": _read_parquet}[suffix]
     columns, rows = reader(path, [text_column, label_column], prefix)
-    for column in (text_column, label_column):
+    for column, setting, what in (
+        (text_column, "trainer.data.text_column", "text"),
+        (label_column, "trainer.data.label_column", "label"),
+    ):
         if column not in columns:
             raise DataError(
-                f"{prefix}{path} has no column {column!r}; its columns are: {', '.join(map(str, columns)) or '(none)'}"
+                f"{prefix}{path} has no column {column!r}; its columns are: {', '.join(map(str, columns)) or '(none)'}; "
+                f"set {setting} to the column that holds the {what}"
             )
     texts, labels = rows[text_column], rows[label_column]
     if not texts:
@@ -165,6 +180,7 @@ def read_table(
     labels = [_label_value(value) for value in labels]
     _require_values(texts, f"{prefix}{path}", f"empty text in column {text_column!r}")
     _require_values(labels, f"{prefix}{path}", f"empty label in column {label_column!r}")
+    _refuse_missing_markers(labels, f"{prefix}{path}", label_column)
     return texts, labels
 
 
@@ -241,6 +257,23 @@ def _require_values(values: list[str], where: str, what: str) -> None:
     bad = [number for number, value in enumerate(values, start=1) if not value.strip()]
     if bad:
         raise DataError(f"{where} has {what} in {_describe_rows(bad)}")
+
+
+def _refuse_missing_markers(labels: list[str], where: str, column: str) -> None:
+    """Raise a DataError naming the rows whose label is a written-out missing value.
+
+    ``str(float("nan"))``, pandas' ``<NA>``, a spreadsheet's ``#N/A``: a missing label written as
+    text would otherwise train as one more class. Refused rather than dropped, so that no row of
+    the user's data disappears without them deciding it. ``None`` and ``NA`` are left alone: they
+    are plausible class names ("no intent", "North America").
+    """
+    bad = [number for number, label in enumerate(labels, start=1) if label.lower() in MISSING_LABEL_MARKERS]
+    if bad:
+        found = sorted({labels[number - 1] for number in bad})
+        raise DataError(
+            f"{where} has a missing label written as {' / '.join(map(repr, found))} in column {column!r} "
+            f"({_describe_rows(bad)}); it would train as a class of its own: fill in those labels or remove the rows"
+        )
 
 
 def _describe_rows(rows: list[int]) -> str:
@@ -504,7 +537,7 @@ def ids_digest(flat: Any, lengths: Any) -> str:
 
 def tokens_key(fingerprint: str, texts: Sequence[str], max_length: int) -> str:
     """The cache key of the token ids of ``texts``: tokenizer, texts and max_length."""
-    from trainers.feature_cache import digest
+    from trainers.shared_folder import digest
 
     return digest(
         {
@@ -529,7 +562,7 @@ def tokenize_cached(
 
     With ``cache_dir`` (the study's ``cache_dir / "tokens"``) the ids are stored in an entry keyed
     by :func:`tokens_key`, written atomically under a file lock (see
-    :func:`trainers.feature_cache.shared_entry`): the first trial tokenizes, every later trial of
+    :func:`trainers.shared_folder.shared_entry`): the first trial tokenizes, every later trial of
     any worker sharing the folder reads. Without it, the texts are tokenized here.
 
     Args:
@@ -541,7 +574,7 @@ def tokenize_cached(
         ids = tokenize_texts(tokenizer, texts, max_length)
         return TokenizedSplit(ids, ids_digest(*_flatten(ids)))
 
-    from trainers.feature_cache import save_array, save_json, shared_entry
+    from trainers.shared_folder import save_array, save_json, shared_entry
 
     key = tokens_key(fingerprint or tokenizer_fingerprint(tokenizer), texts, max_length)
     made: dict[str, Any] = {}

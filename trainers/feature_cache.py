@@ -73,6 +73,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trainers.shared_folder import (
+    digest,
+    exclusive_lock,
+    fsync_path,
+    move_into_place,
+    remove_stale,
+    save_array,
+    save_json,
+    scratch_folder,
+    shared_entry,
+)
+
 if TYPE_CHECKING:
     import numpy as np
     import torch
@@ -119,136 +131,6 @@ _CONFIG_IGNORED = frozenset(
         "attn_pdrop",
     }
 )
-
-
-# --------------------------------------------------------------------------------------------
-# Shared on-disk entries: one folder per key, written once, atomically, under a lock
-# --------------------------------------------------------------------------------------------
-
-
-def digest(value: Any) -> str:
-    """SHA-256 (hex) of ``value`` written as canonical JSON."""
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-@contextlib.contextmanager
-def exclusive_lock(path: Path, *, wait: bool = True) -> Iterator[bool]:
-    """Hold an exclusive ``flock`` on ``path`` (created if needed); yields whether it is held.
-
-    Where the file system refuses locks the block still runs (yielding False): entries are
-    renamed into place atomically, so the worst case is the same entry computed twice.
-    With ``wait=False`` a lock held by someone else raises :class:`BlockingIOError` at once
-    instead of waiting for it.
-    """
-    try:
-        import fcntl
-    except ImportError:  # not POSIX
-        fcntl = None
-    with open(path, "a+b") as handle:
-        locked = False
-        if fcntl is not None:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-                locked = True
-            except BlockingIOError:
-                if not wait:
-                    raise
-                locked = False
-            except OSError:
-                locked = False
-        try:
-            yield locked
-        finally:
-            if locked:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-def shared_entry(root: Path, key: str, create: Callable[[Path], None]) -> tuple[Path, bool]:
-    """The folder ``root / key``, created by ``create(folder)`` unless it already exists.
-
-    ``create`` fills a fresh temporary folder next to the entry; it is renamed into place only
-    when ``create`` returns. Concurrent callers (threads, processes, workers on a shared file
-    system) serialize on ``root / (key + ".lock")``: one creates, the others wait and get its
-    entry. An entry that exists is complete.
-
-    Returns:
-        the entry's folder and whether this call created it.
-    """
-    entry = root / key
-    if entry.is_dir():
-        return entry, False
-    root.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(root / f"{key}.lock") as locked:
-        if entry.is_dir():
-            return entry, False
-        if locked:
-            _remove_stale(root, key)
-        scratch = _scratch_folder(root, key)
-        try:
-            create(scratch)
-            _fsync(scratch)
-            placed = _move_into_place(scratch, root, key)
-        except BaseException:
-            shutil.rmtree(scratch, ignore_errors=True)
-            raise
-    return entry, placed
-
-
-def _move_into_place(scratch: Path, root: Path, key: str) -> bool:
-    """Rename a complete ``scratch`` folder to ``root / key``; False when another writer's got there first."""
-    try:
-        os.rename(scratch, root / key)
-    except OSError:
-        if not (root / key).is_dir():
-            raise
-        shutil.rmtree(scratch, ignore_errors=True)  # another writer won (no lock here)
-        return False
-    _fsync(root)
-    return True
-
-
-def _remove_stale(root: Path, key: str) -> None:
-    """Remove what writers of ``key`` that died while writing left; call with the key's lock held
-    (nobody else can be writing this key then)."""
-    for stale in root.glob(f".{key}.*.tmp"):
-        shutil.rmtree(stale, ignore_errors=True)
-
-
-def _scratch_folder(root: Path, key: str) -> Path:
-    """A fresh temporary folder next to the entry ``root / key``, to be renamed into its place."""
-    return Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=root))
-
-
-def save_array(path: Path, array: np.ndarray) -> None:
-    """``np.save`` to ``path`` and flush it to disk."""
-    import numpy as np
-
-    with open(path, "wb") as stream:
-        np.save(stream, array, allow_pickle=False)
-        stream.flush()
-        os.fsync(stream.fileno())
-
-
-def save_json(path: Path, value: Any) -> None:
-    with open(path, "w", encoding="utf-8") as stream:
-        json.dump(value, stream, sort_keys=True, indent=1, default=str)
-        stream.flush()
-        os.fsync(stream.fileno())
-
-
-def _fsync(path: Path) -> None:
-    """Flush a folder's (or file's) metadata, so a rename survives a crash; best effort."""
-    try:
-        descriptor = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
 
 
 # --------------------------------------------------------------------------------------------
@@ -875,7 +757,7 @@ class FrozenFeatureCache:
         import numpy as np
         import torch
 
-        from trainers.data import sorted_batches
+        from trainers.data import sorted_batches  # data.py does not import this module: no cycle
 
         total = sum(lengths)
         storage = _torch_dtype(self.dtype)
@@ -936,9 +818,6 @@ class FrozenFeatureCache:
     def _served(self, states: torch.Tensor) -> torch.Tensor:
         """A CPU batch of stored states on the device, in the dtype the frozen blocks produce."""
         return self.to_device(states).to(self.served_dtype)
-
-    def has(self, name: str) -> bool:
-        return name in self.stores
 
     @contextlib.contextmanager
     def serving(self, name: str, rows: Sequence[int]) -> Iterator[None]:
@@ -1012,8 +891,8 @@ class _Intermediates:
                 locks.close()
                 return False
             if locked:
-                _remove_stale(self.root, key)
-            folder = _scratch_folder(self.root, key)
+                remove_stale(self.root, key)
+            folder = scratch_folder(self.root, key)
             path = folder / "states.npy"
             shape = (sum(self.lengths), self.hidden)
             states = np.lib.format.open_memmap(path, mode="w+", dtype=_numpy_dtype(self.dtype), shape=shape)
@@ -1045,8 +924,8 @@ class _Intermediates:
                     os.fsync(stream.fileno())
                 save_array(folder / "lengths.npy", _lengths_array(self.lengths))
                 save_json(folder / "meta.json", {**meta, "depth": depth})
-                _fsync(folder)
-                _move_into_place(folder, self.root, key)
+                fsync_path(folder)
+                move_into_place(folder, self.root, key)
                 published.append(depth)
             except OSError:
                 shutil.rmtree(folder, ignore_errors=True)
