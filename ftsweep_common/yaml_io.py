@@ -70,8 +70,8 @@ def read_yaml_mapping(path: Path, what: str = "sweep file") -> dict[str, Any]:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except _DuplicateKey as duplicate:
         raise ConfigError(
-            f"line {duplicate.line}: duplicate key {duplicate.key!r} (first given on line {duplicate.first_line}); "
-            "give each key once",
+            f"line {duplicate.line}: duplicate key {duplicate.key!r} "
+            f"(first given on line {duplicate.first_line}); give each key once",
             source=str(path),
         ) from None
     except yaml.YAMLError as error:
@@ -82,7 +82,9 @@ def read_yaml_mapping(path: Path, what: str = "sweep file") -> dict[str, Any]:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"must be a YAML mapping of sections, not a {type(data).__name__}", source=str(path))
+        raise ConfigError(
+            f"must be a YAML mapping of sections, not a {type(data).__name__}", source=str(path)
+        )
     return data
 
 
@@ -100,7 +102,11 @@ def describe_validation_error(error: ValidationError, root: type[BaseModel], pre
     by_path: dict[str, list[str]] = {}
     for item in error.errors():
         location = [part for part in item["loc"] if not _is_type_tag(part)]
-        path = prefix + ".".join(str(part) for part in location) if location else prefix.rstrip(".") or "(top level)"
+        path = (
+            prefix + ".".join(str(part) for part in location)
+            if location
+            else prefix.rstrip(".") or "(top level)"
+        )
         kind = item["type"]
         if kind == "extra_forbidden":
             allowed = allowed_keys(root, tuple(location[:-1]))
@@ -124,7 +130,15 @@ def _is_type_tag(part: Any) -> bool:
     if not isinstance(part, str):
         return False
     return part.startswith(("function-", "literal[", "dict[", "list[", "tuple[")) or part in (
-        "int", "float", "str", "bool", "none", "dict", "list", "constrained-float", "constrained-int",
+        "int",
+        "float",
+        "str",
+        "bool",
+        "none",
+        "dict",
+        "list",
+        "constrained-float",
+        "constrained-int",
     )
 
 

@@ -109,14 +109,23 @@ class TrialContext:
         that the study sees every epoch exactly once even when the process died between
         saving an epoch and reporting it.
 
+        A checkpoint that cannot be loaded (truncated, corrupt, or of the old pickle-based format,
+        which is never opened) is reported in the trial's log with its path, and None is
+        returned: the trial starts over from its first epoch instead of failing.
+
         Raises:
             TrialPruned: when the replayed epochs already condemn the trial.
         """
         if self.checkpoint_dir is None:
             return None
-        from trainers.checkpoint import load_checkpoint, load_reports
+        from trainers.checkpoint import CheckpointUnreadable, load_checkpoint, load_reports
 
-        state = load_checkpoint(self.checkpoint_dir)
+        try:
+            state = load_checkpoint(self.checkpoint_dir)
+        except CheckpointUnreadable as error:
+            self.log(f"WARNING: {error}; it is ignored and the trial starts over from epoch 0")
+            self._reports = []
+            return None
         if state is None:
             return None
         self._reports = load_reports(self.checkpoint_dir)

@@ -52,6 +52,8 @@ WEIGHT_FILES = (
     "pytorch_model.bin.index.json",
 )
 CHECKPOINT_FORMAT = 1
+#: What a checkpoint's state holds (see ``_Trial._state``).
+_STATE_KEYS = ("epoch", "trainable", "optimizer", "scheduler", "rng", "history", "early_stopping", "best")
 _OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
@@ -747,9 +749,21 @@ class _Trial:
         if state.get("format") != CHECKPOINT_FORMAT or state.get("params") != self.params.model_dump():
             self.ctx.log("checkpoint ignored: it was written for other parameters; starting afresh")
             return 1
+        problem = self._checkpoint_problem(state)
+        if problem is None:
+            try:
+                self.optimizer.load_state_dict(state["optimizer"])
+                self.scheduler.load_state_dict(state["scheduler"])
+            except (KeyError, TypeError, ValueError, RuntimeError) as error:
+                problem = f"its optimizer or scheduler state does not fit ({type(error).__name__}: {error})"
+                self._setup_optimization()  # a fresh optimizer: the failed load may have left part of its state
+        if problem is not None:
+            self.ctx.log(
+                f"WARNING: checkpoint in {self.ctx.checkpoint_dir} cannot be used: {problem}; "
+                "it is ignored and the trial starts over from epoch 0"
+            )
+            return 1
         self._load_weights(state["trainable"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
         self.history = list(state["history"])
         self.stopping = dict(state["early_stopping"])
         self.best = dict(state["best"])
@@ -758,6 +772,29 @@ class _Trial:
         _restore_rng(state["rng"], self.on_cuda)
         self.ctx.log(f"resumed from the checkpoint of epoch {state['epoch']}")
         return int(state["epoch"]) + 1
+
+    def _checkpoint_problem(self, state: dict[str, Any]) -> str | None:
+        """What makes a loaded state unusable for this trial (checked before anything is restored), or None."""
+        import torch
+
+        missing = [key for key in _STATE_KEYS if key not in state]
+        if missing:
+            return f"it lacks {', '.join(missing)}"
+        rng = state["rng"]
+        if not isinstance(rng, dict) or not {"python", "numpy", "torch"} <= set(rng):
+            return "its random-generator states are incomplete"
+        weights = state["trainable"]
+        best = state["best"]
+        if not isinstance(weights, dict) or not isinstance(best, dict) or "weights" not in best:
+            return "its weights are not a mapping of tensors"
+        for stored in (weights, best["weights"]):
+            if stored is None and stored is best["weights"]:
+                continue
+            for name, parameter in self.trainable:
+                tensor = stored.get(name) if isinstance(stored, dict) else None
+                if not isinstance(tensor, torch.Tensor) or tensor.shape != parameter.shape:
+                    return f"it holds no weights of the right shape for {name}"
+        return None
 
     def _load_weights(self, weights: dict[str, torch.Tensor]) -> None:
         import torch
