@@ -1,8 +1,12 @@
 """The MLflow writer process: it owns every per-trial MLflow call of a study.
 
 :class:`orchestrator.tracking.StudyTracker` starts it with ``python -m
-orchestrator._tracking_writer`` and sends it small messages over a pipe; the writer answers with
-run ids and errors. MLflow's store code is pure Python, so in the driver's process it would take
+orchestrator._tracking_writer`` and sends it the frozen dataclasses of :mod:`orchestrator.messages`
+over a pipe (:class:`~orchestrator.messages.StartRun`, :class:`~orchestrator.messages.EndRun`, ...);
+:meth:`RunWriter.handle` dispatches them through an explicit table. The writer answers with
+:class:`~orchestrator.messages.RunCreated`, :class:`~orchestrator.messages.WriterError` and
+:class:`~orchestrator.messages.WriterClosed`. This module imports nothing from
+:mod:`orchestrator.tracking` (which builds on it). MLflow's store code is pure Python, so in the driver's process it would take
 the interpreter lock from the scheduler for about 20 ms per trial; here it runs on its own core.
 
 Batching. A run's params, tags and metrics are gathered for up to ``flush_seconds`` and written
@@ -15,11 +19,17 @@ Life cycle. The writer ignores SIGINT and SIGTERM: Ctrl-C and a scheduler's TERM
 driver's to handle, and the driver closes the writer once the trials have ended. When the pipe
 closes without a ``close`` message (the driver was killed), the writer still writes what it
 holds, then exits.
+
+Orphans. A child run is reopened, never duplicated, when its trial is re-run: by the run id the
+trial holds, or, when the driver died before the id reached the study, by the interrupted trial's
+number (``rerun_of``). A single driver's close marks any child run of the study still RUNNING as
+killed: with one driver per study nothing else can be running it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import signal
 import sys
@@ -27,6 +37,22 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from orchestrator.messages import (
+    STUDY_RUN,
+    CloseWriter,
+    EndRun,
+    LogArtifacts,
+    LogMetrics,
+    RunCreated,
+    SetBest,
+    SetTags,
+    StartRun,
+    WriterClosed,
+    WriterError,
+    WriterMessage,
+    WriterSetup,
+)
 
 STUDY_TAG = "ftsweep.study"
 ROLE_TAG = "ftsweep.role"
@@ -38,9 +64,6 @@ MAX_PARAM_LENGTH = 500
 #: MLflow's limits on one log_batch call (mlflow.utils.validation).
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_TAGS_PER_BATCH = 100
-#: The study's own run, as a key of :class:`RunWriter`.
-STUDY_RUN = -1
-
 _MLFLOW_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED", "INTERRUPTED": "KILLED"}
 
 
@@ -66,7 +89,7 @@ class RunWriter:
         study_name: tagged on every run.
         parent_run_id: the study's run.
         flush_seconds: how long a run's logging may wait to be merged into one write.
-        send: where run ids (``("run", key, run_id)``) and errors (``("error", text)``) go.
+        send: where run ids (:class:`RunCreated`) and errors (:class:`WriterError`) go.
     """
 
     def __init__(
@@ -76,7 +99,7 @@ class RunWriter:
         study_name: str,
         parent_run_id: str,
         flush_seconds: float,
-        send: Callable[[tuple[Any, ...]], None],
+        send: Callable[[Any], None],
     ) -> None:
         self.client = client
         self.experiment_id = experiment_id
@@ -86,83 +109,95 @@ class RunWriter:
         self.run_ids: dict[int, str] = {STUDY_RUN: parent_run_id}
         self.batches: dict[int, Batch] = {}
         self.close_cpu_seconds = 0.0
+        self.closed = False
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            StartRun: self.on_start,
+            SetTags: self.on_tags,
+            LogMetrics: self.on_metrics,
+            SetBest: self.on_best,
+            EndRun: self.on_end,
+            LogArtifacts: self.on_artifacts,
+            CloseWriter: self.on_close,
+        }
 
     # -- messages --
-    def handle(self, message: tuple[Any, ...]) -> None:
+    def handle(self, message: WriterMessage) -> None:
         """Act on one message from the driver; an MLflow error is sent back, never raised."""
-        kind, *args = message
+        handler = self._handlers.get(type(message))
+        if handler is None:
+            self.send(WriterError(f"MLflow writer: unknown message {type(message).__name__}"))
+            return
         try:
-            getattr(self, f"on_{kind}")(*args)
+            handler(message)
         except Exception as error:  # noqa: BLE001 - tracking must never stop the study
-            self.send(("error", f"MLflow: {type(error).__name__}: {error}"))
+            self.send(WriterError(f"MLflow: {type(error).__name__}: {error}"))
 
-    def on_start(self, key: int, number: int, params: Mapping[str, Any], device: str, run_id: str | None) -> None:
-        """Open a trial's run (or reopen ``run_id`` for a re-run); its params follow in its batch.
+    def on_start(self, message: StartRun) -> None:
+        """Open a trial's run (or reopen the run of the trial it re-runs); its params follow in its batch.
 
         A re-run logs its params again (the same values, which MLflow accepts), in case the first
         attempt ended before its batch was written.
         """
         try:
-            run_id = self._reopen(run_id, number, device) if run_id else self._create(number, device)
+            run_id = message.run_id
+            if run_id is None and message.rerun_of is not None:
+                run_id = self._run_of_trial(message.rerun_of)
+            run_id = self._reopen(run_id, message.number, message.device) if run_id else self._create(message.number, message.device)
         except Exception:
-            self.send(("run", key, None))
+            self.send(RunCreated(message.key, None))
             raise
-        self.run_ids[key] = run_id
-        self.send(("run", key, run_id))
-        self._batch(key).params.update(params)
+        self.run_ids[message.key] = run_id
+        self.send(RunCreated(message.key, run_id))
+        self._batch(message.key).params.update(message.params)
 
-    def on_tags(self, key: int, tags: Mapping[str, str]) -> None:
-        self._batch(key).tags.update(tags)
+    def on_tags(self, message: SetTags) -> None:
+        self._batch(message.key).tags.update(message.tags)
 
-    def on_metrics(self, key: int, metrics: Mapping[str, float], step: int | None, timestamp: int) -> None:
-        self._batch(key).metrics.extend(metric_entities(metrics, step, timestamp))
+    def on_metrics(self, message: LogMetrics) -> None:
+        self._batch(message.key).metrics.extend(metric_entities(message.metrics, message.step, message.timestamp))
 
-    def on_best(self, number: int, value: float, params: Mapping[str, Any], timestamp: int) -> None:
+    def on_best(self, message: SetBest) -> None:
         from mlflow.entities import Metric
 
         batch = self._batch(STUDY_RUN)
-        batch.metrics.append(Metric("best_value", float(value), timestamp, number))
-        batch.tags.update({"best_trial": str(number), "best_params": json.dumps(dict(params), default=str)[:5000]})
+        batch.metrics.append(Metric("best_value", float(message.value), message.timestamp, message.number))
+        batch.tags.update({
+            "best_trial": str(message.number),
+            "best_params": json.dumps(dict(message.params), default=str)[:5000],
+        })
 
-    def on_end(
-        self,
-        key: int,
-        state: str,
-        value: float | None,
-        reason: str | None,
-        summary: Mapping[str, float] | None,
-        traceback_text: str | None,
-        artifacts: Mapping[str, str] | None,
-        timestamp: int,
-    ) -> None:
+    def on_end(self, message: EndRun) -> None:
         """Close a trial's run: what it still has pending goes with its final metrics, in one call."""
-        run_id = self.run_ids.pop(key, None)
-        batch = self.batches.pop(key, None) or Batch(0.0)
+        run_id = self.run_ids.pop(message.key, None)
+        batch = self.batches.pop(message.key, None) or Batch(0.0)
         if run_id is None:
             return  # its run could not be created; that error was already sent
-        batch.tags[STATE_TAG] = state
-        if reason:
-            batch.tags[REASON_TAG] = reason[:5000]
-        metrics = dict(summary or {})
-        if value is not None:
-            metrics["objective"] = value
-        batch.metrics.extend(metric_entities(metrics, None, timestamp, prefix="final_"))
+        batch.tags[STATE_TAG] = message.state
+        if message.reason:
+            batch.tags[REASON_TAG] = message.reason[:5000]
+        metrics = dict(message.summary or {})
+        if message.value is not None:
+            metrics["objective"] = message.value
+        batch.metrics.extend(metric_entities(metrics, None, message.timestamp, prefix="final_"))
         self._write(run_id, batch)
-        if traceback_text:
-            self.client.log_text(run_id, traceback_text, "traceback.txt")
-        for name, path in (artifacts or {}).items():
+        if message.traceback_text:
+            self.client.log_text(run_id, message.traceback_text, "traceback.txt")
+        for name, path in (message.artifacts or {}).items():
             self.client.log_artifact(run_id, path, name)
-        self.client.set_terminated(run_id, status=_MLFLOW_STATUS.get(state, "FINISHED"), end_time=timestamp)
+        self.client.set_terminated(run_id, status=_MLFLOW_STATUS.get(message.state, "FINISHED"), end_time=message.timestamp)
 
-    def on_artifacts(self, run_id: str, folder: str, artifact_path: str) -> None:
-        self.client.log_artifacts(run_id, folder, artifact_path)
+    def on_artifacts(self, message: LogArtifacts) -> None:
+        self.client.log_artifacts(message.run_id, message.folder, message.artifact_path)
 
-    def on_close(self, status: str | None) -> None:
+    def on_close(self, message: CloseWriter) -> None:
         """Write everything pending; mark the study's run with ``status`` unless it is None."""
+        self.closed = True
         self.close_cpu_seconds = time.process_time()
         self.flush(everything=True)
-        if status is not None:
-            self.client.set_terminated(self.run_ids[STUDY_RUN], status=status)
+        if message.close_orphans:
+            self._close_orphans()
+        if message.status is not None:
+            self.client.set_terminated(self.run_ids[STUDY_RUN], status=message.status)
 
     # -- batches --
     def next_due(self) -> float | None:
@@ -179,7 +214,7 @@ class RunWriter:
             try:
                 self._write(run_id, batch)
             except Exception as error:  # noqa: BLE001 - tracking must never stop the study
-                self.send(("error", f"MLflow: {type(error).__name__}: {error}"))
+                self.send(WriterError(f"MLflow: {type(error).__name__}: {error}"))
 
     def _batch(self, key: int) -> Batch:
         batch = self.batches.get(key)
@@ -208,6 +243,30 @@ class RunWriter:
             },
         )
         return str(created.info.run_id)
+
+    def _child_runs(self, extra_filter: str = "") -> list[Any]:
+        study = self.study_name.replace("'", "\\'")
+        return list(self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{STUDY_TAG}` = '{study}' and tags.`{ROLE_TAG}` = 'trial'{extra_filter}",
+            max_results=1000,
+        ))
+
+    def _run_of_trial(self, number: int) -> str | None:
+        """The child run of trial ``number`` (its id had not reached the study when its driver died)."""
+        runs = self._child_runs(f" and tags.`{TRIAL_TAG}` = '{number}'")
+        return str(runs[0].info.run_id) if runs else None
+
+    def _close_orphans(self) -> None:
+        """Child runs of the study still RUNNING when its only driver closes belong to no live trial."""
+        from mlflow.entities import RunTag
+
+        for run in self._child_runs(" and attributes.status = 'RUNNING'"):
+            self.client.log_batch(run.info.run_id, tags=[
+                RunTag(STATE_TAG, "INTERRUPTED"),
+                RunTag(REASON_TAG, "its driver stopped before the trial ended; `ftsweep resume` re-runs it"),
+            ])
+            self.client.set_terminated(run.info.run_id, status="KILLED")
 
     def _reopen(self, run_id: str, number: int, device: str) -> str:
         from mlflow.entities import RunTag
@@ -267,7 +326,7 @@ def serve(connection: Any, writer: RunWriter) -> None:
             return
         if message is not None:
             writer.handle(message)
-            if message[0] == "close":
+            if writer.closed:
                 return
         writer.flush()
 
@@ -281,35 +340,60 @@ def main(argv: list[str]) -> int:
     incoming, outgoing = Connection(int(argv[0]), writable=False), Connection(int(argv[1]), readable=False)
     import mlflow.tracking  # noqa: F401 - imported while the driver sets the study up
 
-    from orchestrator.tracking import mlflow_client
-
-    def send(message: tuple[Any, ...]) -> None:
+    def send(message: RunCreated | WriterError | WriterClosed) -> None:
         try:
             outgoing.send(message)
         except OSError:
             pass  # the driver is gone; nobody is left to tell
 
     try:
-        kind, setup = incoming.recv()
+        setup = incoming.recv()
     except EOFError:
         return 0  # the driver is gone
-    if kind != "setup":  # closed before any study started
-        send(("closed",))
+    if not isinstance(setup, WriterSetup):  # closed before any study started
+        send(WriterClosed())
         return 0
     try:
-        client = mlflow_client(setup["tracking_uri"])
-        client.get_run(setup["parent_run_id"])  # connects, and warms the store's queries up
+        client = mlflow_client(setup.tracking_uri)
+        client.get_run(setup.parent_run_id)  # connects, and warms the store's queries up
     except Exception as error:  # noqa: BLE001 - report it; the study goes on untracked
-        send(("error", f"MLflow: {type(error).__name__}: {error}"))
-        send(("closed",))
+        send(WriterError(f"MLflow: {type(error).__name__}: {error}"))
+        send(WriterClosed())
         return 1
-    writer = RunWriter(client, setup["experiment_id"], setup["study_name"], setup["parent_run_id"], setup["flush_seconds"], send)
+    writer = RunWriter(client, setup.experiment_id, setup.study_name, setup.parent_run_id, setup.flush_seconds, send)
     ready_cpu = time.process_time()
     serve(incoming, writer)
     # What the trials cost here, start-up and close apart: `bench/mlflow_share.py` reports it.
-    send(("closed", {"startup_cpu_seconds": ready_cpu, "trials_cpu_seconds": writer.close_cpu_seconds - ready_cpu,
-                     "cpu_seconds": time.process_time()}))
+    send(WriterClosed({"startup_cpu_seconds": ready_cpu, "trials_cpu_seconds": writer.close_cpu_seconds - ready_cpu,
+                       "cpu_seconds": time.process_time()}))
     return 0
+
+
+def mlflow_client(tracking_uri: str) -> Any:
+    """An ``MlflowClient``; on a SQLite file, with the same write-ahead logging as the study's."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.schema_race import create_safely
+    from orchestrator.storage import TrackingLocation
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    path = TrackingLocation.resolve(tracking_uri).sqlite_file
+    # The client opens (on first use, creates) the store: another process may be creating it too.
+    client = create_safely(path, lambda: MlflowClient(tracking_uri=tracking_uri))
+    if path is not None:
+        _tune_store(client)
+    return client
+
+
+def _tune_store(client: Any) -> None:
+    """The MLflow SQLite file gets the same write-ahead logging as the study's (see study.open_storage)."""
+    from orchestrator.store_adapter import mlflow_engine
+    from orchestrator.study import tune_sqlite_engine
+
+    engine = mlflow_engine(client)
+    if engine is not None:
+        tune_sqlite_engine(engine)
 
 
 if __name__ == "__main__":

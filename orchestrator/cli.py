@@ -38,9 +38,13 @@ def _duration(text: str) -> float:
     from orchestrator.config import parse_duration
 
     try:
-        return parse_duration(text)
+        seconds = parse_duration(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+    if seconds <= 0:
+        # As study.timeout in the sweep file: 0 is refused, not read as "no timeout" (leave the flag out for that).
+        raise argparse.ArgumentTypeError(f"must be more than 0 (got {text!r}); leave --timeout out for no time limit")
+    return seconds
 
 
 def _add_storage(parser: argparse.ArgumentParser) -> None:
@@ -56,11 +60,13 @@ def _add_backend(parser: argparse.ArgumentParser) -> None:
 
 
 def _backend_overrides(args: argparse.Namespace) -> list[str]:
+    from orchestrator.config import literal_override
+
     overrides = []
     if args.backend:
         overrides.append(f"execution.backend={args.backend}")
     if args.ray_address:
-        overrides.append(f"execution.ray_address={args.ray_address}")
+        overrides.append(literal_override("execution.ray_address", args.ray_address))
     return overrides
 
 
@@ -135,11 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 # -- verbs --
 def cmd_run(args: argparse.Namespace) -> int:
-    from orchestrator.config import load_sweep
+    from orchestrator.config import literal_override, load_sweep
 
     overrides = list(args.overrides) + _backend_overrides(args)
-    if args.storage:
-        overrides.append(f"study.storage={args.storage}")
+    if args.storage is not None:
+        # The flag's value is a string, taken whole: not read as YAML, where " #" starts a comment.
+        overrides.append(literal_override("study.storage", args.storage))
     sweep = load_sweep(args.sweep_file, overrides)
     from orchestrator.runner import run_sweep
 
@@ -165,7 +172,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _finish(outcome: object) -> int:
+    """The session's summary on stderr, and the exit code its result and stop reason call for.
+
+    A session whose every finished trial failed, or that stopped on ``study.max_failures`` or a full
+    disk, is the user's to fix: one line naming the first error, exit 2. A signal is 130.
+    """
     from orchestrator.runner import RunOutcome
+    from orchestrator.session import StopReason
 
     assert isinstance(outcome, RunOutcome)
     result = outcome.result
@@ -182,34 +195,52 @@ def _finish(outcome: object) -> int:
     if result.best_trial is not None:
         print(f"best trial {result.best_trial}: {result.best_value:.6g}", file=stream)
         print(f"see it with: ftsweep best {outcome.study_name}" + _storage_flag(outcome.storage_url), file=stream)
-    if result.stopped_by and outcome.n_counted < outcome.n_trials:
+    continue_hint = f"continue with: ftsweep resume {outcome.study_name}" + _storage_flag(outcome.storage_url)
+    reason = result.stop_reason
+    if reason in (StopReason.MAX_FAILURES, StopReason.DISK_FULL, StopReason.TRACKING_LOST):
+        print(continue_hint, file=stream)
+        print(f"ftsweep: error: {result.stopped_by}", file=stream)
+        return EXIT_USER
+    if result.failed and result.failed == result.finished:
+        print(f"ftsweep: error: every trial of this run failed; first error: {result.first_error}", file=stream)
+        return EXIT_USER
+    if reason is not None and outcome.n_counted < outcome.n_trials:
         print(f"stopped: {result.stopped_by}", file=stream)
-        print(f"continue with: ftsweep resume {outcome.study_name}" + _storage_flag(outcome.storage_url), file=stream)
-        if result.stopped_by.startswith("stopped by"):
-            return EXIT_INTERRUPTED
-        return EXIT_BUG if "max_failures" in result.stopped_by else EXIT_OK
+        print(continue_hint, file=stream)
+        return EXIT_INTERRUPTED if reason is StopReason.SIGNAL else EXIT_OK
     return EXIT_OK
 
 
-def _storage_flag(url: str) -> str:
-    from orchestrator.config import resolve_storage_url
+def _storage_flag(display: str) -> str:
+    """`` --storage URL`` (masked: a password is never printed) unless the store is the default one."""
+    import shlex
 
-    return "" if url == resolve_storage_url(None) else f" --storage {url}"
+    from orchestrator.storage import StoreLocation
+
+    try:
+        default = StoreLocation.resolve(None).display
+    except UserError:
+        default = None
+    return "" if display == default else f" --storage {shlex.quote(display)}"
+
+
+def _location(args: argparse.Namespace):  # noqa: ANN202
+    from orchestrator.storage import StoreLocation
+
+    return StoreLocation.resolve(args.storage, key="--storage")
 
 
 def _open(args: argparse.Namespace):  # noqa: ANN202
-    from orchestrator.config import resolve_storage_url
     from orchestrator.study import load_study, open_existing_storage
 
-    storage = open_existing_storage(resolve_storage_url(args.storage), args.study_name)
+    storage = open_existing_storage(_location(args), args.study_name)
     return load_study(args.study_name, storage)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from orchestrator.config import resolve_storage_url
     from orchestrator.status import RICH_ROWS, read_status, render_plain, render_status
 
-    data = read_status(resolve_storage_url(args.storage), args.study_name, last=args.last, show_all=args.all)
+    data = read_status(_location(args), args.study_name, last=args.last, show_all=args.all)
     if args.format == "json":
         import json
 
@@ -236,21 +267,26 @@ def cmd_best(args: argparse.Namespace) -> int:
 def cmd_ui(args: argparse.Namespace) -> int:
     import shutil
 
-    from orchestrator.config import resolve_tracking_uri
+    from orchestrator.storage import TrackingLocation
 
-    uri = args.tracking_uri
-    if uri is None and args.study_name:
+    if args.tracking_uri is not None:
+        tracking = TrackingLocation.resolve(args.tracking_uri, key="--tracking-uri")
+    elif args.study_name:
         from orchestrator.study import stored_sweep
 
-        uri = stored_sweep(_open(args)).tracking_uri
-    uri = resolve_tracking_uri(uri)
+        tracking = stored_sweep(_open(args), _location(args)).tracking_location
+    else:
+        tracking = TrackingLocation.resolve(None)
     mlflow = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
     if not Path(mlflow).exists():
         raise UserError("the MLflow UI needs the full mlflow package: pip install mlflow")
-    command = [mlflow, "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
-    print(f"MLflow UI: http://{args.host}:{args.port}  (tracking store {uri}; Ctrl-C stops it)", flush=True)
+    # The store's URI reaches MLflow through its environment variable, not the command line
+    # (which `ps` shows every user of the machine).
+    command = [mlflow, "ui", "--host", args.host, "--port", str(args.port)]
+    environment = {**os.environ, "MLFLOW_BACKEND_STORE_URI": tracking.uri}
+    print(f"MLflow UI: http://{args.host}:{args.port}  (tracking store {tracking.display}; Ctrl-C stops it)", flush=True)
     # Become the MLflow UI: Ctrl-C and SIGTERM reach it (and its server) directly.
-    os.execv(mlflow, command)
+    os.execve(mlflow, command, environment)
     return EXIT_OK  # not reached
 
 
@@ -261,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except UserError as error:
-        print(f"ftsweep: error: {error}", file=sys.stderr)
+        print(f"ftsweep: error: {_masked(str(error))}", file=sys.stderr)
         return EXIT_USER
     except KeyboardInterrupt:
         print("ftsweep: interrupted", file=sys.stderr)
@@ -270,9 +306,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `ftsweep status NAME | head`: the reader left; that is not an error.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
-    except Exception:  # noqa: BLE001 - the one place a bug becomes a message and a log file
+    except Exception as error:  # noqa: BLE001 - the one place a bug becomes a message and a log file
+        from orchestrator.backends._trial_process import is_disk_full
+
+        if is_disk_full(error):
+            where = getattr(error, "filename", None) or "the study's folders"
+            print(f"ftsweep: error: no space left on device ({where}); free some space, then continue the study with "
+                  "`ftsweep resume NAME` (nothing finished is lost)", file=sys.stderr)
+            return EXIT_USER
         path = _write_crash_log(argv)
-        print(f"ftsweep: internal error: {sys.exc_info()[1]!r}", file=sys.stderr)
+        print(f"ftsweep: internal error: {_masked(repr(sys.exc_info()[1]))}", file=sys.stderr)
         print(f"ftsweep: the traceback is in {path}; please include it in a bug report", file=sys.stderr)
         return EXIT_BUG
 
@@ -282,9 +325,19 @@ def _write_crash_log(argv: Sequence[str] | None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     path = folder / f"crash-{stamp}-{os.getpid()}.log"
-    command = " ".join(argv if argv is not None else sys.argv)
-    path.write_text(f"ftsweep {_version()}\ncommand: {command}\n\n{traceback.format_exc()}", encoding="utf-8")
+    from orchestrator.storage import mask_argument, mask_text
+
+    # The folder is often world-readable (/tmp): no password goes in, from the command line or the traceback.
+    command = " ".join(mask_argument(argument) for argument in (argv if argv is not None else sys.argv))
+    path.write_text(f"ftsweep {_version()}\ncommand: {command}\n\n{mask_text(traceback.format_exc())}", encoding="utf-8")
     return path
+
+
+def _masked(text: str) -> str:
+    """An error's text with any URL's password masked (a library may quote the URL it was given)."""
+    from orchestrator.storage import mask_text
+
+    return mask_text(text)
 
 
 def _version() -> str:

@@ -1,14 +1,16 @@
 """From a validated sweep file to everything a backend needs to run trials.
 
-:func:`plan_sweep` builds the trainer, checks its data and model, loads and resolves the
-search space, and checks that the search space and the fixed parameters are ones the
-trainer takes, all before the first trial starts, so a mistake costs seconds, not a
-failed study.
+:func:`plan_sweep` checks that the backend can run here, builds the trainer, checks its data
+and model, loads and resolves the search space, checks that the search space and the fixed
+parameters are ones the trainer takes, and that the sampler, the pruner and the checkpoint
+folder are usable, all before the store, the study or an MLflow run is created, so a mistake
+costs seconds and leaves nothing behind.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -72,6 +74,7 @@ def plan_sweep(sweep: Sweep, check_data: bool = True) -> SweepPlan:
     Raises:
         ConfigError, DataError, ModelError: one clear message naming the file and key.
     """
+    _check_execution(sweep)
     trainer_cls, trainer = build_trainer(sweep)
     if check_data:
         trainer.check()
@@ -97,7 +100,39 @@ def plan_sweep(sweep: Sweep, check_data: bool = True) -> SweepPlan:
         )
     if problems:
         raise ConfigError(problems, source=sweep.source)
-    return SweepPlan(sweep, trainer_cls, trainer, space, fixed)
+    plan = SweepPlan(sweep, trainer_cls, trainer, space, fixed)
+    _check_sampler_and_pruner(plan)
+    return plan
+
+
+def _check_execution(sweep: Sweep) -> None:
+    """The backend is installed and the checkpoint folder can be a folder (nothing is created)."""
+    from orchestrator.backends import check_backend
+
+    try:
+        check_backend(sweep.execution.backend)
+    except ConfigError as error:
+        raise ConfigError(error.problems, source=sweep.source) from None
+    configured = sweep.execution.checkpoint_dir
+    if configured:
+        path = Path(configured).expanduser()
+        path = path if path.is_absolute() else sweep.base_dir / path
+        # The nearest part of the path that exists must be a folder, or no trial can checkpoint.
+        existing = next((part for part in (path, *path.parents) if part.exists()), None)
+        if existing is not None and not existing.is_dir():
+            raise ConfigError(
+                f"execution.checkpoint_dir: {path} is not a folder ({existing} is a file); "
+                "give a folder, or leave it out for one next to the study's store",
+                source=sweep.source,
+            )
+
+
+def _check_sampler_and_pruner(plan: SweepPlan) -> None:
+    """Options of ``study.sampler`` / ``study.pruner`` the constructors refuse (a typo) stop here."""
+    from orchestrator.study import make_pruner, make_sampler
+
+    make_sampler(plan.sweep, plan.space, 1)
+    make_pruner(plan.sweep, plan.max_epochs)
 
 
 def _uses_symbols(space: SearchSpace) -> bool:

@@ -10,6 +10,23 @@ from orchestrator.study import EPOCHS_ATTR, RUN_ID_ATTR, stored_sweep
 
 if TYPE_CHECKING:
     import optuna
+    from optuna.trial import FrozenTrial
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The best complete trial; among trials tied on the best value, the lowest-numbered one.
+
+    Optuna's own ``study.best_trial`` leaves the order of ties to the database. The study session
+    keeps the checkpoint of the trial this names.
+    """
+    from optuna.study import StudyDirection
+    from optuna.trial import TrialState
+
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+    if not complete:
+        return None
+    sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
+    return min(complete, key=lambda t: (sign * float(t.value), t.number))  # type: ignore[arg-type]
 
 
 def best_summary(study: optuna.Study, required: bool = True) -> dict[str, Any] | None:
@@ -18,9 +35,8 @@ def best_summary(study: optuna.Study, required: bool = True) -> dict[str, Any] |
     Raises:
         StudyNotFound: when ``required`` and no trial has completed yet.
     """
-    try:
-        trial = study.best_trial
-    except ValueError:
+    trial = best_trial(study)
+    if trial is None:
         if required:
             raise StudyNotFound(f"study {study.study_name!r} has no complete trial yet; see `ftsweep status {study.study_name}`") from None
         return None

@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from orchestrator.config import Sweep, sqlite_path
+from orchestrator.config import Sweep
 from orchestrator.devices import Slot, plan_slots, visible_gpu_ids
 from orchestrator.errors import ConfigError
 from orchestrator.plan import SweepPlan, plan_sweep
 from orchestrator.progress import Progress
 from orchestrator.session import SessionResult, StudySession
+from orchestrator.storage import StoreLocation, study_folder
 from orchestrator.study import (
     create_study,
     grid_size,
@@ -29,6 +30,8 @@ from orchestrator.study import (
 if TYPE_CHECKING:
     import optuna
 
+    from orchestrator.backends.base import BaseBackend
+    from orchestrator.storage import TrackingLocation
     from orchestrator.tracking import StudyTracker
 
 
@@ -37,28 +40,32 @@ class RunOutcome:
     """What a session of a study did."""
 
     study_name: str
-    storage_url: str
+    storage: StoreLocation
     result: SessionResult
     n_trials: int
     n_counted: int
     tracking_errors: list[str]
     work_dir: Path
 
-
-def study_work_dir(sweep: Sweep) -> Path:
-    """The study's folder for logs (and, by default, checkpoints): next to the SQL file."""
-    path = sqlite_path(sweep.storage_url)
-    root = path.resolve().parent if path is not None else Path.cwd()
-    return root / "ftsweep-runs" / sweep.study.name
+    @property
+    def storage_url(self) -> str:
+        """The store, masked: for messages and hints."""
+        return self.storage.display
 
 
-def checkpoint_root(sweep: Sweep) -> Path:
+def study_work_dir(location: StoreLocation, study_name: str) -> Path:
+    """The study's folder for logs (and, by default, checkpoints): next to the SQLite file actually opened."""
+    return location.study_dir(study_name)
+
+
+def checkpoint_root(sweep: Sweep, location: StoreLocation) -> Path:
+    """``execution.checkpoint_dir`` / the study's folder, else the study's work folder / ``checkpoints``."""
     configured = sweep.execution.checkpoint_dir
     if configured:
         path = Path(configured).expanduser()
         path = path if path.is_absolute() else sweep.base_dir / path
-        return path / sweep.study.name
-    return study_work_dir(sweep) / "checkpoints"
+        return study_folder(path, sweep.study.name)
+    return study_work_dir(location, sweep.study.name) / "checkpoints"
 
 
 def worker_slots(sweep: Sweep, workers: int | str | None) -> list[Slot]:
@@ -106,22 +113,48 @@ def run_sweep(
     plan = plan_sweep(sweep)
     slots = worker_slots(sweep, workers)
     budget = effective_budget(plan, n_trials or sweep.study.n_trials)
-    storage = open_storage(sweep.storage_url)
-    tracker = _open_tracker(sweep)
     sampler = make_sampler(sweep, plan.space, concurrency(sweep, slots))
     pruner = make_pruner(sweep, plan.max_epochs)
-    study = create_study(sweep, storage, sampler, pruner)
-    return _run_session(
-        plan, study, tracker, slots, budget, timeout or sweep.study.timeout, live, shared=is_shared_storage(sweep.storage_url)
-    )
+    location = sweep.store
+    tracking = _check_tracking(sweep)  # an unreachable MLflow fails in seconds, before the study is created
+    with _one_driver(sweep, location):
+        storage = open_storage(location)
+        tracker = _open_tracker(sweep, tracking)
+        try:
+            study = create_study(sweep, storage, sampler, pruner)
+        except BaseException:
+            if tracker is not None:
+                tracker.close(status=None)
+            raise
+        return _run_session(plan, study, tracker, slots, budget, timeout or sweep.study.timeout, live, location=location)
 
 
-def _open_tracker(sweep: Sweep) -> StudyTracker | None:
+def _one_driver(sweep: Sweep, location: StoreLocation) -> contextlib.AbstractContextManager[None]:
+    """On a SQLite file, one driver per study (:mod:`orchestrator.driver_lock`); a server database shares it."""
+    if location.shared:
+        return contextlib.nullcontext()
+    from orchestrator.driver_lock import driver_lock
+
+    return driver_lock(study_work_dir(location, sweep.study.name), sweep.study.name)
+
+
+def _check_tracking(sweep: Sweep) -> TrackingLocation | None:
+    """The sweep's MLflow store, checked to be reachable and writable (None when tracking is off)."""
     if not sweep.tracking.enabled:
+        return None
+    from orchestrator.tracking import check_reachable
+
+    tracking = sweep.tracking_location
+    check_reachable(tracking)
+    return tracking
+
+
+def _open_tracker(sweep: Sweep, tracking: TrackingLocation | None) -> StudyTracker | None:
+    if tracking is None:
         return None
     from orchestrator.tracking import StudyTracker
 
-    tracker = StudyTracker(sweep.tracking_uri, sweep.experiment_name, sweep.study.name)
+    tracker = StudyTracker(tracking, sweep.experiment_name, sweep.study.name)
     tracker.open()
     return tracker
 
@@ -134,12 +167,14 @@ def _run_session(
     budget: int,
     timeout: float | None,
     live: bool | None,
-    shared: bool = False,
+    *,
+    location: StoreLocation,
 ) -> RunOutcome:
     sweep = plan.sweep
-    work_dir = study_work_dir(sweep)
+    shared = location.shared
+    work_dir = study_work_dir(location, sweep.study.name)
     if tracker is not None:
-        tracker.start_study(params=_study_params(plan, budget, slots), artifacts=_study_artifacts(plan), tags={})
+        tracker.start_study(params=_study_params(plan, budget, slots), artifacts=_study_artifacts(plan, location), tags={})
     progress = Progress(study_name=sweep.study.name, metric=sweep.study.metric, budget=budget, live=live, timeout_seconds=timeout)
     max_failures = sweep.study.max_failures
     session = StudySession(
@@ -149,7 +184,7 @@ def _run_session(
         progress,
         n_trials=budget,
         timeout=timeout,
-        checkpoint_root=checkpoint_root(sweep),
+        checkpoint_root=checkpoint_root(sweep, location),
         max_failures=max_failures if max_failures is not None else default_max_failures(budget),
         keep_best_checkpoint=sweep.execution.keep_best_checkpoint,
         shared=shared,
@@ -161,7 +196,7 @@ def _run_session(
         where = f"Ray ({sweep.execution.ray_address or 'a local Ray'})"
     progress.say(
         f"study {sweep.study.name!r}: {budget} trials ({session.n_counted} already finished) on {where}; "
-        f"storage {sweep.storage_url}" + (f"; MLflow {sweep.tracking_uri}" if tracker else "")
+        f"storage {location.display}" + (f"; MLflow {tracker.location.display}" if tracker else "")
     )
     backend = make_backend(sweep, slots, work_dir)
     status: str | None = "FAILED"
@@ -173,21 +208,16 @@ def _run_session(
         # A worker leaves the parent run open while other workers may still be running trials.
         status = "FINISHED" if done else (None if shared else "KILLED")
     finally:
-        errors = tracker.close(status) if tracker is not None else []
-    return RunOutcome(sweep.study.name, sweep.storage_url, session.result(), budget, session.n_counted, errors, work_dir)
+        # The one driver of a SQLite study closes any child run no live trial holds (a killed driver's).
+        errors = tracker.close(status, close_orphans=not shared) if tracker is not None else []
+    return RunOutcome(sweep.study.name, location, session.result(), budget, session.n_counted, errors, work_dir)
 
 
-def make_backend(sweep: Sweep, slots: list[Slot], work_dir: Path) -> Any:
-    """The backend ``execution.backend`` names."""
-    if sweep.execution.backend == "ray":
-        try:
-            from orchestrator.backends.ray import RayBackend
-        except ImportError as error:
-            raise ConfigError("execution.backend: ray needs Ray Tune: pip install 'ftsweep[ray]'") from error
-        return RayBackend(sweep.execution.ray_address, work_dir)
-    from orchestrator.backends.local import LocalBackend
+def make_backend(sweep: Sweep, slots: list[Slot], work_dir: Path) -> BaseBackend:
+    """The backend ``execution.backend`` names, from the registry :data:`orchestrator.backends.BACKENDS`."""
+    from orchestrator.backends import backend_class
 
-    return LocalBackend(slots, log_dir=work_dir / "logs")
+    return backend_class(sweep.execution.backend).for_sweep(sweep, slots, work_dir)
 
 
 def _study_params(plan: SweepPlan, budget: int, slots: list[Slot]) -> dict[str, Any]:
@@ -211,19 +241,14 @@ def _study_params(plan: SweepPlan, budget: int, slots: list[Slot]) -> dict[str, 
     return params
 
 
-def _study_artifacts(plan: SweepPlan) -> dict[str, str]:
-    stored = sweep_for_store(plan.sweep)
+def _study_artifacts(plan: SweepPlan, location: StoreLocation) -> dict[str, str]:
+    stored = sweep_for_store(plan.sweep, location)
     return {
         "sweep.yaml": yaml.safe_dump(stored.raw, sort_keys=False),
         "search_space.yaml": yaml.safe_dump(plan.space.to_dict(), sort_keys=False),
         "fixed_params.json": json.dumps(plan.fixed_params, indent=2, default=str),
     }
 
-
-
-def is_shared_storage(url: str) -> bool:
-    """A server database (PostgreSQL, MySQL) may have workers on other machines; a SQLite file may not."""
-    return sqlite_path(url) is None and not url.startswith("sqlite")
 
 
 def sweep_differences(stored: Sweep, given: Sweep) -> list[str]:
@@ -242,10 +267,31 @@ def _diff(old: Any, new: Any, path: str, out: list[str]) -> None:
         out.append(f"{path}: {old!r} -> {new!r}")
 
 
-def resume_study(
+def resume_study(study_name: str, storage_url: str | None, **options: Any) -> RunOutcome:
+    """Continue a study from its storage: the sweep file comes from the store.
+
+    Trials left RUNNING by a dead process and trials interrupted by a stop are re-run with
+    the same parameters (each counted once); finished trials are never re-run. On a SQLite file,
+    a study another driver is running is refused (:mod:`orchestrator.driver_lock`).
+
+    Args:
+        study_name: the study.
+        storage_url: its storage, or None for ``$FTSWEEP_STORAGE`` / the default.
+        **options: ``n_trials`` (a new total budget, at least the trials already finished),
+            ``workers``, ``timeout``, ``sweep_file`` (a sweep file to continue with instead of the
+            stored one; refused when its search space or trainer differ from the stored ones,
+            unless ``force``), ``overrides``, ``force``, ``live``, and ``as_worker`` (join a study
+            that other processes may be running: ``ftsweep worker``).
+    """
+    with contextlib.ExitStack() as held:
+        return _resume_study(study_name, storage_url, held=held, **options)
+
+
+def _resume_study(
     study_name: str,
     storage_url: str | None,
     *,
+    held: contextlib.ExitStack,
     n_trials: int | None = None,
     workers: int | str | None = None,
     timeout: float | None = None,
@@ -255,30 +301,28 @@ def resume_study(
     live: bool | None = None,
     as_worker: bool = False,
 ) -> RunOutcome:
-    """Continue a study from its storage: the sweep file comes from the store.
-
-    Trials left RUNNING by a dead process and trials interrupted by a stop are re-run with
-    the same parameters (each counted once); finished trials are never re-run.
-
-    Args:
-        sweep_file: a sweep file to continue with instead of the stored one; refused when its
-            search space or trainer differ from the stored ones, unless ``force``.
-        as_worker: join a study that other processes may be running (``ftsweep worker``).
-    """
-    from orchestrator.config import load_sweep, resolve_storage_url
+    from orchestrator.config import load_sweep
     from orchestrator.errors import UserError
     from orchestrator.recovery import budget_lock, recover
-    from orchestrator.study import SWEEP_ATTR, load_study, open_existing_storage, stored_sweep
+    from orchestrator.study import SWEEP_ATTR, load_study, open_existing_storage, store_move, stored_sweep
 
-    url = resolve_storage_url(storage_url)
-    if as_worker and not is_shared_storage(url):
+    # The store actually opened decides everything else: the work folder, checkpoints, hints, and
+    # (for a moved or copied SQLite store) where its MLflow file is; see study.rebase_on_store.
+    location = StoreLocation.resolve(storage_url, key="--storage")
+    if as_worker and not location.shared:
         raise UserError(
-            f"ftsweep worker needs a server database (postgresql+psycopg://...), not {url}: a SQLite file is one "
-            f"machine, one writer. On this machine run more trials at once with `ftsweep resume {study_name} --workers N`"
+            f"ftsweep worker needs a server database (postgresql+psycopg://...), not {location.display}: a SQLite file "
+            f"is one machine, one writer. On this machine run more trials at once with `ftsweep resume {study_name} --workers N`"
         )
-    storage = open_existing_storage(url, study_name)
+    storage = open_existing_storage(location, study_name)
     study = load_study(study_name, storage)
-    sweep = stored_sweep(study)
+    move = store_move(study.user_attrs.get(SWEEP_ATTR, {}).get("sweep", {}), location)
+    sweep = stored_sweep(study, location)
+    # Before anything is changed or recovered: a running driver's trials are not "interrupted".
+    held.enter_context(_one_driver(sweep, location))
+    if n_trials:
+        _check_new_budget(study, n_trials)
+    candidate = sweep
     if sweep_file or overrides:
         given = load_sweep(sweep_file, overrides) if sweep_file else None
         if given is None:
@@ -294,26 +338,47 @@ def resume_study(
                 "trials already run would not be comparable. Use --force to continue anyway",
                 source=given.source,
             )
-        sweep = given
-        study.set_user_attr(SWEEP_ATTR, sweep_for_store(sweep).to_stored())
-    plan = plan_sweep(sweep)
+        candidate = given
+    plan = plan_sweep(candidate)  # checked before anything is stored
+    tracking = _check_tracking(candidate)
+    sweep = candidate
+    record = sweep_for_store(sweep, location).to_stored()
+    if record != study.user_attrs.get(SWEEP_ATTR):  # a new sweep file, or the store was reached at a new URL
+        study.set_user_attr(SWEEP_ATTR, record)
     slots = worker_slots(sweep, workers)
     budget = effective_budget(plan, n_trials or sweep.study.n_trials)
     if n_trials and n_trials != sweep.study.n_trials:
         stored = study.user_attrs[SWEEP_ATTR]
         stored["sweep"].setdefault("study", {})["n_trials"] = n_trials
         study.set_user_attr(SWEEP_ATTR, stored)
-    tracker = _open_tracker(sweep)
+    tracker = _open_tracker(sweep, tracking)
+    if tracker is not None and move is not None:
+        tracker.move_artifacts(*move)
     # Under the budget lock: a trial another worker is starting is complete (owner set) or not there yet.
-    with budget_lock(storage, study_name) if is_shared_storage(url) else contextlib.nullcontext():
+    with budget_lock(storage, study_name) if location.shared else contextlib.nullcontext():
         recovered = recover(study)
     if recovered:
         print(f"re-running interrupted trial(s) {recovered} with the same parameters", file=sys.stderr)
     sampler = make_sampler(sweep, plan.space, concurrency(sweep, slots), seed_offset=len(study.trials))
     study = load_study(study_name, storage, sampler=sampler, pruner=make_pruner(sweep, plan.max_epochs))
-    return _run_session(
-        plan, study, tracker, slots, budget, timeout or sweep.study.timeout, live, shared=is_shared_storage(url)
-    )
+    return _run_session(plan, study, tracker, slots, budget, timeout or sweep.study.timeout, live, location=location)
+
+
+def _check_new_budget(study: optuna.Study, n_trials: int) -> None:
+    """``--n-trials`` is the study's new total: below the trials already finished it would mean nothing.
+
+    Raises:
+        UserError: naming how many trials are finished.
+    """
+    from orchestrator.errors import UserError
+    from orchestrator.study import counts_toward_budget
+
+    finished = sum(1 for trial in study.get_trials(deepcopy=False) if counts_toward_budget(trial))
+    if n_trials < finished:
+        raise UserError(
+            f"--n-trials {n_trials}: study {study.study_name!r} already has {finished} finished trials, and --n-trials is "
+            f"its new total budget (not the trials to add); give at least {finished}, e.g. --n-trials {finished + n_trials}"
+        )
 
 
 def _log_best_checkpoint(session: StudySession, tracker: StudyTracker) -> None:
@@ -324,9 +389,10 @@ def _log_best_checkpoint(session: StudySession, tracker: StudyTracker) -> None:
 
     if not session.keep_best_checkpoint or session.checkpoint_root is None:
         return
-    try:
-        best = session.study.best_trial
-    except ValueError:
+    from orchestrator.report import best_trial
+
+    best = best_trial(session.study)
+    if best is None:
         return
     folder = session.checkpoint_root / f"trial-{best.number}"
     run_id = best.user_attrs.get(RUN_ID_ATTR)

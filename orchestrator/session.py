@@ -3,13 +3,16 @@
 The session is the only code that writes to the study's storage while trials run. A
 backend asks it for a trial (:meth:`StudySession.ask`), passes each epoch's report through
 it (:meth:`StudySession.report`, which answers whether to prune) and hands it the outcome
-(:meth:`complete`, :meth:`prune`, :meth:`fail`, :meth:`interrupt`). The session keeps the
-budget exact: it never starts a trial that could take the study past ``n_trials``.
+(:meth:`end` with a message of :mod:`orchestrator.messages`, or :meth:`complete`, :meth:`prune`,
+:meth:`fail`, :meth:`interrupt`). The session keeps the budget exact: it never starts a trial that
+could take the study past ``n_trials``. It owns the session's counts and its :class:`StopReason`;
+the terminal display only listens.
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import math
 import shutil
 import time
@@ -26,8 +29,8 @@ from orchestrator.recovery import (
     budget_lock,
     owner_id,
     queue_rerun,
-    record_heartbeats,
 )
+from orchestrator.store_adapter import record_heartbeats, stored_trial, trial_by_number, trial_id
 from orchestrator.study import (
     DEVICE_ATTR,
     EPOCHS_ATTR,
@@ -41,6 +44,7 @@ from orchestrator.study import (
 if TYPE_CHECKING:
     import optuna
 
+    from orchestrator.messages import TrialOutcome
     from orchestrator.plan import SweepPlan
     from orchestrator.progress import Progress
     from orchestrator.tracking import StudyTracker
@@ -67,8 +71,31 @@ class TrialHandle:
         return self.trial.number
 
 
+class StopReason(enum.Enum):
+    """Why a session stopped before its budget (the CLI maps each to an exit code)."""
+
+    #: ``study.timeout`` (or ``--timeout``) ran out: no new trial started.
+    TIMEOUT = "timeout"
+    #: Ctrl-C or SIGTERM.
+    SIGNAL = "signal"
+    #: ``study.max_failures`` trials failed.
+    MAX_FAILURES = "max_failures"
+    #: The disk under the study's folders is full.
+    DISK_FULL = "disk_full"
+    #: The MLflow SQLite file was deleted or replaced while the study ran.
+    TRACKING_LOST = "tracking_lost"
+
+
 @dataclass
 class SessionResult:
+    """What one session did: its own counts (not the study's), the best trial so far and why it stopped.
+
+    Attributes:
+        stop_reason: why it stopped before the budget, or None.
+        stopped_by: the stop in words, for the terminal.
+        first_error: the first failed trial of this session, as one line, or None.
+    """
+
     complete: int
     pruned: int
     failed: int
@@ -76,6 +103,13 @@ class SessionResult:
     best_value: float | None
     best_trial: int | None
     stopped_by: str | None
+    stop_reason: StopReason | None = None
+    first_error: str | None = None
+
+    @property
+    def finished(self) -> int:
+        """Trials this session finished (complete, pruned or failed)."""
+        return self.complete + self.pruned + self.failed
 
 
 class StudySession:
@@ -126,8 +160,12 @@ class StudySession:
         self.metric = plan.sweep.study.metric
         self.maximize = plan.sweep.study.direction == "maximize"
         self.in_flight: dict[int, TrialHandle] = {}
-        self.stop_reason: str | None = None
+        self.stop_reason: StopReason | None = None
+        self.stop_detail: str | None = None
         self.first_error: str | None = None
+        self.n_complete = 0
+        self.n_pruned = 0
+        self.n_failed = 0
         self.n_interrupted = 0
         self.best_value: float | None = None
         self.best_trial: int | None = None
@@ -143,7 +181,7 @@ class StudySession:
         self._counted = sum(1 for trial in trials if counts_toward_budget(trial))
         self._failed = sum(1 for t in trials if t.state == TrialState.FAIL and not t.user_attrs.get(INTERRUPTED_ATTR))
         for trial in trials:
-            if trial.state == TrialState.COMPLETE and trial.value is not None and self._better(trial.value):
+            if trial.state == TrialState.COMPLETE and trial.value is not None and self._better(trial.value, trial.number):
                 self.best_value, self.best_trial = trial.value, trial.number
         self.progress.already = self._counted
         self.progress.budget = self.n_trials
@@ -164,7 +202,10 @@ class StudySession:
         if self.stop_reason is not None:
             return False
         if self.deadline is not None and time.monotonic() >= self.deadline:
-            self.stop_reason = "timeout"
+            self.request_stop(StopReason.TIMEOUT, "timeout")
+            return False
+        if self.tracker is not None and (lost := self.tracker.store_lost()):
+            self.request_stop(StopReason.TRACKING_LOST, lost)
             return False
         if self.shared:
             return self._shared_room() > 0
@@ -176,7 +217,7 @@ class StudySession:
 
         trials = self.study.get_trials(deepcopy=False)
         self._counted = sum(1 for trial in trials if counts_toward_budget(trial))
-        self.progress.already = self._counted - self.progress.finished
+        self.progress.already = self._counted - (self.n_complete + self.n_pruned + self.n_failed)
         if any(trial.state == TrialState.WAITING for trial in trials):
             return 1
         running = sum(1 for trial in trials if trial.state == TrialState.RUNNING)
@@ -188,7 +229,7 @@ class StudySession:
         Counting and asking happen under one lock when the study is shared, so that workers on
         several machines never start more than the budget between them.
         """
-        with budget_lock(self.study._storage, self.study.study_name) if self.shared else contextlib.nullcontext():
+        with budget_lock(self.study, self.study.study_name) if self.shared else contextlib.nullcontext():
             if not self.can_start():
                 return None
             return self.ask(device)
@@ -200,7 +241,7 @@ class StudySession:
             return
         self._last_heartbeat = now
         if self.shared:
-            record_heartbeats(self.study._storage, [handle.trial._trial_id for handle in self.in_flight.values()])
+            record_heartbeats(self.study, [trial_id(handle.trial) for handle in self.in_flight.values()])
         for handle in self.in_flight.values():
             self._attach_run_id(handle)
 
@@ -214,13 +255,19 @@ class StudySession:
             return
         handle.run_attached = True
 
-    def request_stop(self, reason: str) -> None:
+    def request_stop(self, reason: StopReason, detail: str | None = None) -> None:
+        """Start no new trial; the first reason given is the one kept."""
         if self.stop_reason is None:
             self.stop_reason = reason
+            self.stop_detail = detail or reason.value
 
-    def _better(self, value: float) -> bool:
-        if self.best_value is None:
+    def _better(self, value: float, number: int) -> bool:
+        """Better than the best so far; on a tie, the lower trial number wins, as in ``ftsweep best``
+        (:func:`orchestrator.report.best_trial`), so the kept checkpoint is the trial it names."""
+        if self.best_value is None or self.best_trial is None:
             return True
+        if value == self.best_value:
+            return number < self.best_trial
         return value > self.best_value if self.maximize else value < self.best_value
 
     # -- trial life cycle --
@@ -235,8 +282,12 @@ class StudySession:
         trial.set_user_attr(OWNER_ATTR, self.owner)
         if self.shared:
             # Workers on other hosts are watched by heartbeat; on one host the owner's pid says it all.
-            record_heartbeats(self.study._storage, [trial._trial_id])
-        run = self.tracker.start_trial(trial.number, params, device, run_id=previous_run_id) if self.tracker else None
+            record_heartbeats(self.study, [trial_id(trial)])
+        run = (
+            self.tracker.start_trial(trial.number, params, device, run_id=previous_run_id, rerun_of=rerun_of)
+            if self.tracker
+            else None
+        )
         checkpoint_dir = self.checkpoint_root / f"trial-{trial.number}" if self.checkpoint_root else None
         handle = TrialHandle(trial, params, device, run, checkpoint_dir, rerun_of=rerun_of)
         handle.run_attached = previous_run_id is not None
@@ -261,8 +312,7 @@ class StudySession:
 
     def _continue_from(self, handle: TrialHandle, number: int) -> None:
         """A re-run takes over the interrupted trial's checkpoint and its reported epochs."""
-        storage = self.study._storage
-        previous = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number))
+        previous = trial_by_number(self.study, number)
         if self.checkpoint_root is not None and handle.checkpoint_dir is not None:
             old = self.checkpoint_root / f"trial-{number}"
             if old.exists() and not handle.checkpoint_dir.exists():
@@ -298,6 +348,28 @@ class StudySession:
         last = self.plan.trainer.max_epochs(handle.params)
         return last is not None and epoch >= last
 
+    def end(self, handle: TrialHandle, outcome: TrialOutcome) -> None:
+        """End a trial with the outcome its process (or actor) sent."""
+        from orchestrator.messages import Completed, Failed, Interrupted, Pruned
+
+        if isinstance(outcome, Completed):
+            self.complete(handle, outcome.metrics)
+        elif isinstance(outcome, Pruned):
+            self.prune(handle, outcome.reason)
+        elif isinstance(outcome, Interrupted):
+            if outcome.disk_full:
+                where = handle.checkpoint_dir or self.checkpoint_root or "the study's folder"
+                self.request_stop(
+                    StopReason.DISK_FULL,
+                    f"trial {handle.number}: {outcome.reason} (checkpoints and logs under {where}); "
+                    "free some space, then continue with `ftsweep resume`",
+                )
+            self.interrupt(handle, outcome.reason)
+        elif isinstance(outcome, Failed):
+            self.fail(handle, outcome.reason, outcome.traceback)
+        else:
+            raise TypeError(f"not a trial outcome: {outcome!r}")
+
     def complete(self, handle: TrialHandle, result: dict[str, float]) -> None:
         value = result.get(self.metric, handle.last_metrics.get(self.metric))
         if value is None:
@@ -308,7 +380,7 @@ class StudySession:
             return
         self._attach(handle, epochs=int(result.get("epochs_run", handle.epochs)))
         self.study.tell(handle.trial, value)
-        if self._better(value):
+        if self._better(value, handle.number):
             previous = self.best_trial
             self.best_value, self.best_trial = value, handle.number
             self.progress.set_best(handle.number, value)
@@ -340,7 +412,10 @@ class StudySession:
         self._finished(handle, "FAIL", reason=reason, summary=handle.last_metrics, traceback_text=traceback_text)
         self._drop_checkpoint(handle.number)
         if self.max_failures is not None and self._failed >= self.max_failures:
-            self.request_stop(f"{self._failed} trials failed (study.max_failures is {self.max_failures}); first error: {self.first_error}")
+            self.request_stop(
+                StopReason.MAX_FAILURES,
+                f"{self._failed} trials failed (study.max_failures is {self.max_failures}); first error: {self.first_error}",
+            )
 
     def interrupt(self, handle: TrialHandle, reason: str) -> None:
         """The trial was stopped from outside; it is failed as interrupted and re-queued with its parameters.
@@ -355,8 +430,7 @@ class StudySession:
         self._attach(handle, reason=f"interrupted: {reason}", interrupted=True)
         self.study.tell(handle.trial, state=TrialState.FAIL)
         # Queued at once, so that another worker (or `resume`) picks it up: never left RUNNING.
-        storage = self.study._storage
-        queue_rerun(self.study, storage.get_trial(handle.trial._trial_id))
+        queue_rerun(self.study, stored_trial(self.study, handle.trial))
         self.n_interrupted += 1
         self.in_flight.pop(handle.number, None)
         self.progress.running = len(self.in_flight)
@@ -378,6 +452,12 @@ class StudySession:
 
     def _finished(self, handle: TrialHandle, state: str, **details: Any) -> None:
         self._counted += 1
+        if state == "COMPLETE":
+            self.n_complete += 1
+        elif state == "PRUNED":
+            self.n_pruned += 1
+        else:
+            self.n_failed += 1
         self.in_flight.pop(handle.number, None)
         self.progress.running = len(self.in_flight)
         if self.tracker and handle.run is not None:
@@ -391,12 +471,15 @@ class StudySession:
         shutil.rmtree(self.checkpoint_root / f"trial-{number}", ignore_errors=True)
 
     def result(self) -> SessionResult:
+        """This session's counts, the study's best trial and why the session stopped."""
         return SessionResult(
-            complete=self.progress.complete,
-            pruned=self.progress.pruned,
-            failed=self.progress.failed,
+            complete=self.n_complete,
+            pruned=self.n_pruned,
+            failed=self.n_failed,
             interrupted=self.n_interrupted,
             best_value=self.best_value,
             best_trial=self.best_trial,
-            stopped_by=self.stop_reason,
+            stopped_by=self.stop_detail,
+            stop_reason=self.stop_reason,
+            first_error=self.first_error,
         )

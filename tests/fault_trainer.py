@@ -7,6 +7,7 @@ the orchestration tests make a trial raise, diverge, or run slowly enough to be 
 from __future__ import annotations
 
 import math
+import os
 import time
 
 from pydantic import Field
@@ -21,6 +22,11 @@ class FaultSettings(StrictModel):
     nan_trials: list[int] = Field(default_factory=list)
     oom_trials: list[int] = Field(default_factory=list)
     record_file: str | None = None  # each run appends where and when it ran (JSON lines)
+    # A test holds trials at a known point instead of racing them: a trial whose number is in
+    # pause_trials (every trial when None) waits before epoch pause_before_epoch until release_file exists.
+    release_file: str | None = None
+    pause_trials: list[int] | None = None
+    pause_before_epoch: int = 1
 
 
 class FaultParams(StrictModel):
@@ -37,6 +43,10 @@ class FaultTrainer(BaseTrainer):
     Params = FaultParams
     metric_names = ("score",)
     settings_as_params = ("epochs", "sleep_seconds")
+
+    def on_out_of_memory(self, params: dict) -> dict | None:
+        """Like the text trainer: twice the accumulation, half the per-step batch."""
+        return {**params, "gradient_accumulation_steps": int(params["gradient_accumulation_steps"]) * 2}
 
     def run(self, ctx: TrialContext) -> dict[str, float]:
         settings: FaultSettings = self.settings  # type: ignore[assignment]
@@ -59,6 +69,19 @@ class FaultTrainer(BaseTrainer):
         with open(path, "a", encoding="utf-8") as stream:
             stream.write(json.dumps(line) + "\n")
 
+    @staticmethod
+    def _wait_for_release(settings: FaultSettings, number: int, epoch: int, bound_seconds: float = 600) -> None:
+        if settings.release_file is None or epoch != settings.pause_before_epoch:
+            return
+        if settings.pause_trials is not None and number not in settings.pause_trials:
+            return
+        print(f"trial {number} waits for {settings.release_file}", flush=True)
+        deadline = time.monotonic() + bound_seconds
+        while not os.path.exists(settings.release_file):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{settings.release_file} did not appear within {bound_seconds:.0f} s")
+            time.sleep(0.05)
+
     def _run(self, ctx: TrialContext, settings: FaultSettings) -> dict[str, float]:
         state = ctx.load_checkpoint()
         if state is not None:
@@ -66,6 +89,7 @@ class FaultTrainer(BaseTrainer):
         state = state or {"epoch": 0, "history": []}
         score = 0.0
         for epoch in range(state["epoch"] + 1, ctx.params["epochs"] + 1):
+            self._wait_for_release(settings, ctx.trial_number, epoch)
             print(f"epoch {epoch} starts", flush=True)
             time.sleep(ctx.params["sleep_seconds"])
             if ctx.trial_number in settings.oom_trials and ctx.params["gradient_accumulation_steps"] == 1:

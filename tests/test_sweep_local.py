@@ -93,8 +93,11 @@ def test_failure_budget_stops_a_study_whose_trials_all_crash(tmp_path: Path) -> 
     sweep["study"]["max_failures"] = 2
     write_sweep(tmp_path, sweep)
     result = run_cli(["run", "sweep.yaml"], cwd=tmp_path)
-    assert result.returncode == 1
-    assert "2 trials failed" in result.stderr and "broke on purpose" in result.stderr
+    # The user's to fix (exit 2, one line naming the first error), not "a bug" (1) without a log.
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("ftsweep: error: 2 trials failed") and "broke on purpose" in last
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
     assert len(load(tmp_path, "crashes").trials) == 2
 
 

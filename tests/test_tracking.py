@@ -7,6 +7,7 @@ import time
 from conftest import mlflow_runs
 
 from orchestrator._tracking_writer import RunWriter
+from orchestrator.messages import EndRun, LogMetrics, RunCreated, StartRun
 from orchestrator.tracking import StudyTracker, mlflow_client
 
 
@@ -40,18 +41,19 @@ def test_the_writer_merges_a_quick_trial_into_three_calls(tmp_path):
     """What the writer process runs, in this process, so that its MLflow calls can be counted."""
     tracker = open_tracker(tmp_path)
     client = CountingClient(mlflow_client(tracker.tracking_uri))
-    sent: list[tuple] = []
+    sent: list = []
     writer = RunWriter(client, tracker._experiment_id, "tracked", tracker.parent_run_id, 600.0, sent.append)
-    writer.handle(("start", 7, 0, {"lr": 0.1, "dropout": 0.2}, "cpu", None))
+    writer.handle(StartRun(7, 0, {"lr": 0.1, "dropout": 0.2}, "cpu"))
     for epoch in (1, 2, 3):
-        writer.handle(("metrics", 7, {"val_f1": 0.5 + epoch / 10, "loss": 1.0 / epoch}, epoch, 1000 + epoch))
+        writer.handle(LogMetrics(7, {"val_f1": 0.5 + epoch / 10, "loss": 1.0 / epoch}, epoch, 1000 + epoch))
         writer.flush()  # not due yet: nothing written
-    writer.handle(("end", 7, "COMPLETE", 0.8, None, {"val_f1": 0.8}, None, {}, 2000))
+    writer.handle(EndRun(7, "COMPLETE", 0.8, None, {"val_f1": 0.8}, None, {}, 2000))
     assert tracker.close() == []
 
     assert client.calls == ["create_run", "log_batch", "set_terminated"]
-    ((kind, key, run_id),) = sent
-    assert (kind, key) == ("run", 7)
+    (created,) = sent
+    assert isinstance(created, RunCreated) and created.key == 7
+    run_id = created.run_id
     _, (child,), mlflow = mlflow_runs(tracker.tracking_uri, "tracked")
     assert child.info.run_id == run_id and child.info.status == "FINISHED"
     assert child.data.params == {"lr": "0.1", "dropout": "0.2"}

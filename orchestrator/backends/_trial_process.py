@@ -1,13 +1,15 @@
 """The worker side of one trial: runs in a fresh process, talks to the driver over a pipe.
 
-Messages to the driver: ``("report", epoch, metrics)`` (answered with ``"continue"``,
-``"prune"`` or ``"stop"``), then exactly one of ``("complete", metrics)``,
-``("pruned", reason)``, ``("interrupted", reason)`` or ``("failed", reason, traceback)``.
-The process never touches the study's storage: the driver owns it.
+Messages to the driver (:mod:`orchestrator.messages`): an :class:`EpochReport` per epoch (answered
+with ``CONTINUE``, ``PRUNE`` or ``STOP``), then exactly one outcome: :class:`Completed`,
+:class:`Pruned`, :class:`Interrupted` or :class:`Failed`. The process never touches the study's
+storage: the driver owns it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import signal
 import sys
@@ -17,13 +19,25 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.messages import (
+    CONTINUE,
+    PRUNE,
+    STOP,
+    Completed,
+    EpochReport,
+    Failed,
+    Interrupted,
+    Pruned,
+    TrialOutcome,
+)
+
 # Imported here, not in run_job, so that the fork server has it loaded before trials fork.
 from trainers.base import TrialContext, TrialDiverged, TrialPruned, load_trainer_class
 
 if TYPE_CHECKING:
     from orchestrator.session import StudySession, TrialHandle
 
-CONTINUE, PRUNE, STOP = "continue", "prune", "stop"
+__all__ = ["CONTINUE", "PRUNE", "STOP", "DriverGone", "TrialInterrupted", "TrialJob", "make_job", "run_job", "trial_main"]
 
 
 class TrialInterrupted(Exception):  # noqa: N818
@@ -102,11 +116,17 @@ def trial_main(conn: Connection, job: TrialJob, lifeline: Connection | None = No
     if lifeline is not None:
         _watch_lifeline(lifeline)
     os.environ.update(job.environment)
-    _redirect_output(job.log_path)
+    try:
+        _redirect_output(job.log_path)
+    except OSError as error:
+        if not is_disk_full(error):
+            raise
+        _send_or_exit(conn, Interrupted(f"no space left on device for the trial's log {job.log_path}", disk_full=True))
+        return
 
     def reporter(epoch: int, metrics: dict[str, float]) -> bool:
         try:
-            conn.send(("report", epoch, metrics))
+            conn.send(EpochReport(epoch, dict(metrics)))
             answer = conn.recv()
         except (EOFError, BrokenPipeError, ConnectionResetError) as error:
             raise DriverGone("the driver is gone") from error
@@ -118,17 +138,22 @@ def trial_main(conn: Connection, job: TrialJob, lifeline: Connection | None = No
         message = run_job(job, reporter)
     except DriverGone:
         os._exit(3)
+    _send_or_exit(conn, message)
+
+
+def _send_or_exit(conn: Connection, message: TrialOutcome) -> None:
     try:
         conn.send(message)
     except (BrokenPipeError, ConnectionResetError, EOFError):
         os._exit(3)
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        with contextlib.suppress(OSError):  # a full disk under the log must not turn the outcome into a crash
+            sys.stdout.flush()
+            sys.stderr.flush()
 
 
-def run_job(job: TrialJob, reporter: Any) -> tuple[Any, ...]:
-    """Run the trial and return the final message for the driver."""
+def run_job(job: TrialJob, reporter: Any) -> TrialOutcome:
+    """Run the trial and return its outcome for the driver."""
 
     try:
         _limit_threads(job.n_threads)
@@ -152,38 +177,54 @@ def run_job(job: TrialJob, reporter: Any) -> tuple[Any, ...]:
         try:
             result = trainer.run(context)
         except Exception as error:
-            if not _is_out_of_memory(error) or "gradient_accumulation_steps" not in params:
+            retry = trainer.on_out_of_memory(dict(params)) if _is_out_of_memory(error) else None
+            if retry is None:
                 raise
-            # Once: half the per-step batch, twice the accumulation, the same effective batch.
-            params["gradient_accumulation_steps"] = int(params["gradient_accumulation_steps"]) * 2
-            context.params = trainer_cls.Params.model_validate(params).model_dump()
-            print(f"out of memory ({error}); retrying with gradient_accumulation_steps="
-                  f"{params['gradient_accumulation_steps']}", flush=True)
+            # Once, with what the trainer says needs less memory (the text trainer: half the per-step batch).
+            params = trainer_cls.Params.model_validate(retry).model_dump()
+            context.params = params
+            changed = ", ".join(f"{key}={value}" for key, value in retry.items() if job.params.get(key) != value)
+            print(f"out of memory ({error}); retrying with {changed or 'the parameters the trainer gave'}", flush=True)
             _free_accelerator_memory()
             try:
                 result = trainer.run(context)
             except Exception as again:
                 if _is_out_of_memory(again):
-                    raise RuntimeError(
-                        f"out of memory even with the per-step batch halved "
-                        f"(gradient_accumulation_steps={params['gradient_accumulation_steps']}): {again}"
-                    ) from again
+                    raise RuntimeError(f"out of memory even when retried with {changed}: {again}") from again
                 raise
-        return ("complete", {key: float(value) for key, value in (result or {}).items()})
+        return Completed({key: float(value) for key, value in (result or {}).items()})
     except TrialPruned as error:
-        return ("pruned", str(error) or "pruned")
+        return Pruned(str(error) or "pruned")
     except TrialDiverged as error:
         reason = str(error) or "loss is not finite"
-        return ("pruned", reason if reason.startswith("diverged") else f"diverged: {reason}")
+        return Pruned(reason if reason.startswith("diverged") else f"diverged: {reason}")
     except TrialInterrupted as error:
-        return ("interrupted", str(error))
+        return Interrupted(str(error))
     except DriverGone:
         raise
     except BaseException as error:  # noqa: BLE001 - one trial's failure must never reach the study
         text = traceback.format_exc()
-        print(text, file=sys.stderr, flush=True)
         reason = f"{type(error).__name__}: {error}".strip().splitlines()[0][:500]
-        return ("failed", reason, text)
+        with contextlib.suppress(OSError):  # the log may be on the disk that is full
+            print(text, file=sys.stderr, flush=True)
+        if is_disk_full(error):
+            # Not the trial's fault: it is re-run from its checkpoint once there is room (`ftsweep resume`).
+            return Interrupted(f"no space left on device: {reason}", disk_full=True)
+        return Failed(reason, text)
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """True when ``error`` (or what caused it) is a full disk: ENOSPC, or a library's text for it."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(current) or "os error 28" in str(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _is_out_of_memory(error: BaseException) -> bool:

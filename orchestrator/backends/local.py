@@ -25,9 +25,12 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
-from orchestrator.backends._trial_process import CONTINUE, PRUNE, STOP, make_job, trial_main
+from orchestrator.backends._trial_process import make_job, trial_main
+from orchestrator.backends.base import BaseBackend
+from orchestrator.config import Sweep
 from orchestrator.devices import Slot
-from orchestrator.session import StudySession, TrialHandle
+from orchestrator.messages import CONTINUE, PRUNE, STOP, EpochReport, TrialOutcome
+from orchestrator.session import StopReason, StudySession, TrialHandle
 
 _CONTEXT_CACHE: dict[tuple[str, ...], Any] = {}
 
@@ -62,7 +65,7 @@ class _Running:
         self.lifeline.close()
 
 
-class LocalBackend:
+class LocalBackend(BaseBackend):
     """Runs a study's trials in processes on this machine.
 
     Args:
@@ -76,6 +79,10 @@ class LocalBackend:
         self.slots = slots
         self.log_dir = log_dir
         self._interrupts = 0
+
+    @classmethod
+    def for_sweep(cls, sweep: Sweep, slots: list[Slot], work_dir: Path) -> LocalBackend:
+        return cls(slots, log_dir=work_dir / "logs")
 
     def run(self, session: StudySession) -> None:
         """Run trials until the budget, the timeout or a stop ends the session."""
@@ -147,7 +154,8 @@ class LocalBackend:
         lifeline_read.close()
         if self.log_dir is not None:
             # So that a person (or a test) can find and signal one trial's process.
-            (self.log_dir / f"trial-{handle.number}.pid").write_text(str(process.pid))
+            with contextlib.suppress(OSError):  # a full disk: the trial reports it itself
+                (self.log_dir / f"trial-{handle.number}.pid").write_text(str(process.pid))
         return _Running(handle, process, parent_end, slot, lifeline_write)
 
     def _handle(self, session: StudySession, entry: _Running) -> bool:
@@ -174,11 +182,9 @@ class LocalBackend:
                 message = entry.conn.recv()
             except (EOFError, OSError):
                 break
-            kind = message[0]
-            if kind == "report":
-                _, epoch, metrics = message
-                prune = session.report(entry.handle, epoch, metrics)
-                answer = PRUNE if prune else (STOP if session.stop_reason and self._interrupts else CONTINUE)
+            if isinstance(message, EpochReport):
+                prune = session.report(entry.handle, message.epoch, message.metrics)
+                answer = PRUNE if prune else (STOP if self._must_stop(session) else CONTINUE)
                 entry.stop_sent = entry.stop_sent or answer == STOP
                 try:
                     entry.conn.send(answer)
@@ -210,17 +216,14 @@ class LocalBackend:
         entry.close()
         return True
 
-    def _finish(self, session: StudySession, entry: _Running, message: tuple[Any, ...]) -> None:
-        kind = message[0]
-        handle = entry.handle
-        if kind == "complete":
-            session.complete(handle, message[1])
-        elif kind == "pruned":
-            session.prune(handle, message[1])
-        elif kind == "interrupted":
-            session.interrupt(handle, message[1])
-        else:
-            session.fail(handle, message[1], message[2] if len(message) > 2 else None)
+    def _must_stop(self, session: StudySession) -> bool:
+        """Running trials stop after their epoch on a signal, or when the disk is full (they could not checkpoint)."""
+        if session.stop_reason is StopReason.DISK_FULL:
+            return True
+        return session.stop_reason is StopReason.SIGNAL and self._interrupts > 0
+
+    def _finish(self, session: StudySession, entry: _Running, message: TrialOutcome) -> None:
+        session.end(entry.handle, message)
         entry.process.join(timeout=30)
         if entry.process.is_alive():
             entry.process.kill()
@@ -242,7 +245,7 @@ class LocalBackend:
             self._interrupts += 1
             name = signal.Signals(signum).name
             if self._interrupts == 1:
-                session.request_stop(f"stopped by {name}")
+                session.request_stop(StopReason.SIGNAL, f"stopped by {name}")
                 session.progress.say(
                     f"{name}: starting no new trials; running trials stop after their current epoch "
                     "and checkpoint. Press Ctrl-C again to stop at once."

@@ -31,18 +31,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.backends._trial_process import TrialJob, make_job, run_job
+from orchestrator.backends.base import BaseBackend
 from orchestrator.errors import ConfigError, UserError
+from orchestrator.messages import EpochReport, Failed, Interrupted, Pruned, from_ray_result, to_ray_result
 
 if TYPE_CHECKING:
+    from orchestrator.config import Sweep
+    from orchestrator.devices import Slot
+    from orchestrator.messages import TrialOutcome
     from orchestrator.session import StudySession, TrialHandle
-
-KIND = "ftsweep_kind"
-#: Keys Tune adds to every result; they are not the trainer's metrics.
-_TUNE_KEYS = {
-    "epoch", KIND, "ftsweep_reason", "ftsweep_traceback", "ftsweep_device", "timestamp", "checkpoint_dir_name",
-    "done", "training_iteration", "trial_id", "date", "time_this_iter_s", "time_total_s", "pid", "hostname",
-    "node_ip", "config", "time_since_restore", "iterations_since_restore",
-}
 
 
 def ray_trainable(config: dict[str, Any]) -> None:
@@ -59,19 +56,10 @@ def ray_trainable(config: dict[str, Any]) -> None:
     job.device = "cuda" if os.environ.get("CUDA_VISIBLE_DEVICES") and _cuda_usable() else "cpu"
 
     def reporter(epoch: int, metrics: dict[str, float]) -> bool:
-        tune.report({**metrics, "epoch": epoch, KIND: "report", "ftsweep_device": device})
+        tune.report(to_ray_result(EpochReport(epoch, dict(metrics)), device))
         return False  # pruning comes from the scheduler, which stops this actor
 
-    message = run_job(job, reporter)
-    kind = message[0]
-    final: dict[str, Any] = {KIND: kind, "ftsweep_device": device}
-    if kind == "complete":
-        final.update(message[1])
-    else:
-        final["ftsweep_reason"] = message[1]
-        if len(message) > 2:
-            final["ftsweep_traceback"] = message[2]
-    tune.report(final)
+    tune.report(to_ray_result(run_job(job, reporter), device))
 
 
 def _cuda_usable() -> bool:
@@ -90,7 +78,7 @@ class _Bridge:
         self.session = session
         self.work_dir = work_dir
         self.handles: dict[str, TrialHandle] = {}
-        self.finals: dict[str, dict[str, Any]] = {}
+        self.finals: dict[str, TrialOutcome] = {}
         self.stopped: dict[str, str] = {}
 
     # Tune pickles its searcher and scheduler into its experiment folder (for Tuner.restore).
@@ -106,16 +94,14 @@ class _Bridge:
         """Record a result; True when Optuna's pruner says the trial should stop."""
         handle = self.handles.get(trial_id)
         self.session.heartbeat()
-        if handle is None:
+        message, device = from_ray_result(result)
+        if handle is None or message is None:
             return False
-        device = result.get("ftsweep_device")
         if device and handle.device != device:
             self.session.set_device(handle, str(device))
-        if result.get(KIND) == "report":
-            metrics = {k: float(v) for k, v in result.items() if k not in _TUNE_KEYS and isinstance(v, int | float)}
-            return self.session.report(handle, int(result["epoch"]), metrics)
-        if result.get(KIND):
-            self.finals[trial_id] = result
+        if isinstance(message, EpochReport):
+            return self.session.report(handle, message.epoch, message.metrics)
+        self.finals[trial_id] = message
         return False
 
 
@@ -156,21 +142,14 @@ class StudySearcher:
                 if handle is None:
                     return
                 session = bridge.session
-                final = bridge.finals.pop(trial_id, None) or {}
-                kind = final.get(KIND)
+                final = bridge.finals.pop(trial_id, None)
                 if trial_id in bridge.stopped:
-                    session.prune(handle, bridge.stopped.pop(trial_id))
-                elif kind == "complete":
-                    metrics = {k: float(v) for k, v in final.items() if k not in _TUNE_KEYS and isinstance(v, int | float)}
-                    session.complete(handle, metrics)
-                elif kind == "pruned":
-                    session.prune(handle, str(final.get("ftsweep_reason", "pruned")))
-                elif kind == "interrupted" or (session.stop_reason and not error):
-                    session.interrupt(handle, str(final.get("ftsweep_reason", "stopped")))
-                elif kind == "failed":
-                    session.fail(handle, str(final.get("ftsweep_reason")), final.get("ftsweep_traceback"))
-                else:
-                    session.fail(handle, "the trial's Ray actor failed (node lost or process died) and its retries ran out")
+                    final = Pruned(bridge.stopped.pop(trial_id))
+                elif final is None and session.stop_reason and not error:
+                    final = Interrupted("stopped")
+                elif final is None:
+                    final = Failed("the trial's Ray actor failed (node lost or process died) and its retries ran out")
+                session.end(handle, final)
 
         return _StudySearcher()
 
@@ -198,7 +177,7 @@ class StudyScheduler:
                 if bridge.record(trial.trial_id, result):
                     bridge.stopped[trial.trial_id] = f"pruned after epoch {result.get('epoch')}"
                     return TrialScheduler.STOP
-                if result.get(KIND) != "report":
+                if not isinstance(from_ray_result(result)[0], EpochReport):
                     return TrialScheduler.CONTINUE
                 decision = inner.on_trial_result(controller, trial, result)
                 if decision == TrialScheduler.STOP:
@@ -221,7 +200,7 @@ class StudyScheduler:
         return _StudyScheduler()
 
 
-class RayBackend:
+class RayBackend(BaseBackend):
     """Runs a study's trials on a Ray cluster through Ray Tune.
 
     Args:
@@ -235,6 +214,22 @@ class RayBackend:
         self.address = address
         self.work_dir = work_dir
         self.max_retries = max_retries
+
+    @classmethod
+    def check_available(cls) -> None:
+        """Ray Tune must import (``pip install 'ftsweep[ray]'``)."""
+        try:
+            import ray  # noqa: F401 - only whether it imports
+            import ray.tune  # noqa: F401
+        except ImportError as error:
+            raise ConfigError(
+                f"execution.backend: ray needs Ray Tune, which is not installed ({error}); "
+                "install it with: pip install 'ftsweep[ray]'"
+            ) from None
+
+    @classmethod
+    def for_sweep(cls, sweep: Sweep, slots: list[Slot], work_dir: Path) -> RayBackend:
+        return cls(sweep.execution.ray_address, work_dir)
 
     def run(self, session: StudySession) -> None:
         # ftsweep shows its own progress; Tune's tables would interleave with it.
