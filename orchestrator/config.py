@@ -7,7 +7,7 @@ whose lines name the file, the key path, the value received and what is allowed.
 from __future__ import annotations
 
 import copy
-import os
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +18,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ftsweep_common.errors import ConfigError
 from ftsweep_common.yaml_io import describe_validation_error, read_yaml_mapping  # also imported from here
+from orchestrator.storage import (
+    DEFAULT_STORAGE,
+    DEFAULT_TRACKING_URI,
+    STORAGE_ENV,
+    TRACKING_ENV,
+    StoreLocation,
+    TrackingLocation,
+)
 
-DEFAULT_STORAGE = "sqlite:///ftsweep.db"
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-STORAGE_ENV = "FTSWEEP_STORAGE"
 DEFAULT_TRAINER = "text-classification"
-TRACKING_ENV = "MLFLOW_TRACKING_URI"
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp", "qmc")
 PRUNERS = ("none", "median", "successive_halving", "hyperband", "asha")
@@ -160,12 +164,27 @@ class Sweep:
         return self.model.tracking
 
     @property
+    def store(self) -> StoreLocation:
+        """The storage this sweep names (``study.storage``, else ``$FTSWEEP_STORAGE``, else the default), resolved.
+
+        A resumed study is opened at ``--storage`` instead: the runner passes that location on.
+        """
+        return StoreLocation.resolve(self.study.storage)
+
+    @property
     def storage_url(self) -> str:
-        return resolve_storage_url(self.study.storage)
+        """``store.url``: may carry a password; display ``store.display``."""
+        return self.store.url
+
+    @property
+    def tracking_location(self) -> TrackingLocation:
+        """The MLflow tracking store (``tracking.mlflow_uri``, else ``$MLFLOW_TRACKING_URI``, else the default)."""
+        return TrackingLocation.resolve(self.tracking.mlflow_uri)
 
     @property
     def tracking_uri(self) -> str:
-        return resolve_tracking_uri(self.tracking.mlflow_uri)
+        """``tracking_location.uri``: may carry a password; display ``tracking_location.display``."""
+        return self.tracking_location.uri
 
     @property
     def experiment_name(self) -> str:
@@ -180,30 +199,14 @@ class Sweep:
         return {"sweep": self.raw, "base_dir": str(self.base_dir), "source": self.source}
 
 
-def resolve_storage_url(explicit: str | None) -> str:
-    """The storage URL: the given one, else ``$FTSWEEP_STORAGE``, else ``sqlite:///ftsweep.db``."""
-    return explicit or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
+def literal_override(key: str, value: str) -> str:
+    """An ``a.b=value`` override that sets ``value`` as the string it is.
 
-
-def resolve_tracking_uri(explicit: str | None) -> str:
-    """The MLflow tracking URI: the given one, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``."""
-    return explicit or os.environ.get(TRACKING_ENV) or DEFAULT_TRACKING_URI
-
-
-def absolute_sqlite_url(url: str) -> str:
-    """``sqlite:///relative.db`` made absolute against the working directory; other URLs unchanged."""
-    match = re.match(r"^(sqlite(?:\+\w+)?):///(?!/)(.+)$", url)
-    if not match or match.group(2).startswith(":memory:"):
-        return url
-    return f"{match.group(1)}:///{Path(match.group(2)).resolve()}"
-
-
-def sqlite_path(url: str) -> Path | None:
-    """The file of a ``sqlite:///`` URL, or None for any other URL."""
-    match = re.match(r"^sqlite(?:\+\w+)?:///(.+)$", url)
-    if not match or match.group(1).startswith(":memory:"):
-        return None
-    return Path(match.group(1))
+    A command-line flag's value (``--storage``, ``--ray-address``) is a string: read as YAML, a
+    password holding `` #`` would be cut at the comment, and ``yes`` or ``123`` would change type.
+    A JSON string is a YAML double-quoted scalar, so the override parser reads it back unchanged.
+    """
+    return f"{key}={json.dumps(value)}"
 
 
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*d)?\s*(?:(\d+(?:\.\d+)?)\s*h)?\s*(?:(\d+(?:\.\d+)?)\s*m)?\s*(?:(\d+(?:\.\d+)?)\s*s)?\s*$")

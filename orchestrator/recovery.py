@@ -20,6 +20,7 @@ import zlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.store_adapter import rdb_storage, study_id, study_storage, trial_id
 from orchestrator.study import INTERRUPTED_ATTR, REASON_ATTR, RERUN_OF_ATTR, RUN_ID_ATTR
 
 if TYPE_CHECKING:
@@ -59,50 +60,35 @@ def _owner_is_dead(owner: str | None) -> bool:
     return False
 
 
-def rdb_storage(storage: Any) -> Any:
-    """Optuna wraps its RDBStorage in a cache (``study._storage``); heartbeats and locks need the RDBStorage."""
-    return getattr(storage, "_backend", storage)
-
-
-def record_heartbeats(storage: Any, trial_ids: list[int]) -> None:
-    storage = rdb_storage(storage)
-    for trial_id in trial_ids:
-        storage.record_heartbeat(trial_id)
-
-
-def stale_trial_ids(storage: Any, study_id: int, grace_seconds: float = GRACE_SECONDS) -> set[int]:
+def stale_trial_ids(storage: Any, study_identifier: int, grace_seconds: float = GRACE_SECONDS) -> set[int]:
     """RUNNING trials whose heartbeat is older than ``grace_seconds`` (by the database's clock)."""
-    storage = rdb_storage(storage)
-    saved = storage.heartbeat_interval, storage.grace_period
-    storage.heartbeat_interval, storage.grace_period = HEARTBEAT_SECONDS, int(grace_seconds)
-    try:
-        return set(storage._get_stale_trial_ids(study_id))
-    finally:
-        storage.heartbeat_interval, storage.grace_period = saved
+    from orchestrator import store_adapter
+
+    return store_adapter.stale_trial_ids(storage, study_identifier, HEARTBEAT_SECONDS, grace_seconds)
 
 
 def find_orphans(study: optuna.Study, grace_seconds: float = GRACE_SECONDS) -> list[optuna.trial.FrozenTrial]:
     """RUNNING trials whose process is gone (dead owner on this host, or a stale heartbeat)."""
     from optuna.trial import TrialState
 
-    storage = study._storage
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     if not running:
         return []
-    stale = stale_trial_ids(storage, study._study_id, grace_seconds)
+    stale = stale_trial_ids(study_storage(study), study_id(study), grace_seconds)
     return [
         trial
         for trial in running
-        if trial._trial_id in stale or _owner_is_dead(trial.user_attrs.get(OWNER_ATTR)) or OWNER_ATTR not in trial.user_attrs
+        if trial_id(trial) in stale or _owner_is_dead(trial.user_attrs.get(OWNER_ATTR)) or OWNER_ATTR not in trial.user_attrs
     ]
 
 
 def mark_interrupted(storage: Any, trial: optuna.trial.FrozenTrial, reason: str) -> None:
     from optuna.trial import TrialState
 
-    storage.set_trial_user_attr(trial._trial_id, INTERRUPTED_ATTR, True)
-    storage.set_trial_user_attr(trial._trial_id, REASON_ATTR, f"interrupted: {reason}")
-    storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    identifier = trial_id(trial)
+    storage.set_trial_user_attr(identifier, INTERRUPTED_ATTR, True)
+    storage.set_trial_user_attr(identifier, REASON_ATTR, f"interrupted: {reason}")
+    storage.set_trial_state_values(identifier, TrialState.FAIL)
 
 
 def queue_rerun(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -122,7 +108,7 @@ def recover(study: optuna.Study, grace_seconds: float = GRACE_SECONDS) -> list[i
     from optuna.trial import TrialState
 
     for orphan in find_orphans(study, grace_seconds):
-        mark_interrupted(study._storage, orphan, "its process died while it ran")
+        mark_interrupted(study_storage(study), orphan, "its process died while it ran")
     trials = study.get_trials(deepcopy=False)
     already = {t.user_attrs.get(RERUN_OF_ATTR) for t in trials}
     queued = []

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.errors import StorageError, StudyNotFound
+from orchestrator.storage import StoreLocation
 
 #: Without --last or --all, a study with more trials shows only its latest ones.
 DEFAULT_ROWS = 200
@@ -68,7 +69,9 @@ def _distribution(distribution_json: str) -> tuple[str, tuple[Any, ...]]:
     return "float", ()
 
 
-def read_status(url: str, study_name: str, last: int | None = None, show_all: bool = False) -> StatusData:
+def read_status(
+    store: StoreLocation | str, study_name: str, last: int | None = None, show_all: bool = False
+) -> StatusData:
     """The study's state counts, its best trial and the rows of its latest trials.
 
     Raises:
@@ -78,26 +81,28 @@ def read_status(url: str, study_name: str, last: int | None = None, show_all: bo
     import sqlalchemy
     from sqlalchemy import text
 
+    from orchestrator.storage import mask_text
     from orchestrator.study import null_pool_engine, require_store_file, require_study_tables
 
-    require_store_file(url, study_name)
-    engine = null_pool_engine(url)
+    location = store if isinstance(store, StoreLocation) else StoreLocation.resolve(store)
+    require_store_file(location, study_name)
+    engine = null_pool_engine(location)
     try:
         with engine.connect() as connection:
-            require_study_tables(connection, url, study_name)
-            return _read(connection, text, study_name, url, last, show_all)
+            require_study_tables(connection, location, study_name)
+            return _read(connection, text, study_name, location.display, last, show_all)
     except sqlalchemy.exc.SQLAlchemyError as error:
         detail = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
-        raise StorageError(f"storage {url}: cannot read it ({detail})") from error
+        raise StorageError(f"storage {location.display}: cannot read it ({mask_text(detail)})") from error
     finally:
         engine.dispose()
 
 
-def _read(connection: Any, text: Any, study_name: str, url: str, last: int | None, show_all: bool) -> StatusData:
+def _read(connection: Any, text: Any, study_name: str, where: str, last: int | None, show_all: bool) -> StatusData:
     study_id = connection.execute(text("SELECT study_id FROM studies WHERE study_name = :n"), {"n": study_name}).scalar()
     if study_id is None:
         names = sorted(row[0] for row in connection.execute(text("SELECT study_name FROM studies")))
-        raise StudyNotFound(f"no study {study_name!r} in {url}; studies there: {', '.join(names) or 'none'}")
+        raise StudyNotFound(f"no study {study_name!r} in {where}; studies there: {', '.join(names) or 'none'}")
     key = {"s": study_id}
     stored = connection.execute(
         text("SELECT value_json FROM study_user_attributes WHERE study_id = :s AND key = 'ftsweep:sweep'"), key

@@ -8,15 +8,15 @@ was pruned or failed.
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
-from collections import Counter
-from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.config import Sweep, SweepModel, absolute_sqlite_url, sqlite_path, validate_sweep
+from orchestrator.config import Sweep, validate_sweep
 from orchestrator.errors import ConfigError, StorageError, StudyExists, StudyNotFound
+from orchestrator.storage import StoreLocation, TrackingLocation, mask_text, mask_url, stored_form
 
 if TYPE_CHECKING:
     import optuna
@@ -44,8 +44,18 @@ def quiet_optuna() -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """Optuna's RDB storage on ``url``, with connections that survive hour-long trials.
+def _location(store: StoreLocation | str) -> StoreLocation:
+    return store if isinstance(store, StoreLocation) else StoreLocation.resolve(store)
+
+
+def _first_line(error: BaseException) -> str:
+    """A library error's first line, masked: a driver may quote the URL it was given."""
+    text = str(getattr(error, "orig", None) or error).strip()
+    return mask_text(text.splitlines()[0] if text else type(error).__name__)
+
+
+def open_storage(store: StoreLocation | str) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage at ``store``, with connections that survive hour-long trials.
 
     PostgreSQL and MySQL connections are pinged before use (``pool_pre_ping``) and recycled,
     so a connection a firewall or the server dropped during a long trial is replaced instead
@@ -53,7 +63,7 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     failing at once.
 
     Raises:
-        StorageError: when the URL cannot be opened, naming it and what to check.
+        StorageError: when the store cannot be opened, naming it (masked) and what to check.
     """
     import optuna
     import sqlalchemy.exc
@@ -61,31 +71,32 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     from orchestrator.schema_race import create_safely
 
     quiet_optuna()
-    path = sqlite_path(url)
+    location = _location(store)
+    path = location.sqlite_file
     if path is not None:
         engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}}
         if not path.parent.exists():
-            raise StorageError(f"storage {url}: the folder {path.parent} does not exist")
+            raise StorageError(f"storage {location.display}: the folder {path.parent} does not exist")
     else:
         engine_kwargs = {"pool_pre_ping": True, "pool_recycle": 1800}
     try:
         storage = create_safely(
-            path, lambda: optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, skip_compatibility_check=False)
+            path,
+            lambda: optuna.storages.RDBStorage(location.url, engine_kwargs=engine_kwargs, skip_compatibility_check=False),
         )
         if path is not None:
             _tune_sqlite(storage)
         return storage
     except ModuleNotFoundError as error:
         raise StorageError(
-            f"storage {url}: the database driver {error.name!r} is not installed; "
+            f"storage {location.display}: the database driver {error.name!r} is not installed; "
             "for PostgreSQL: pip install 'ftsweep[postgres]'"
         ) from error
     except (sqlalchemy.exc.SQLAlchemyError, ValueError) as error:
-        detail = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
-        raise StorageError(f"storage {url}: cannot open it ({detail})") from error
+        raise StorageError(f"storage {location.display}: cannot open it ({_first_line(error)})") from error
 
 
-def open_existing_storage(url: str, study_name: str) -> optuna.storages.RDBStorage:
+def open_existing_storage(store: StoreLocation | str, study_name: str) -> optuna.storages.RDBStorage:
     """The storage of a study that ``ftsweep run`` created: for ``status``, ``best``, ``ui``, ``resume``, ``worker``.
 
     Unlike :func:`open_storage`, it never creates anything: a mistyped SQLite path or a URL of
@@ -96,22 +107,23 @@ def open_existing_storage(url: str, study_name: str) -> optuna.storages.RDBStora
         StudyNotFound: when the store does not exist or holds no Optuna studies.
         StorageError: when the URL cannot be opened.
     """
-    require_study_store(url, study_name)
-    return open_storage(url)
+    location = _location(store)
+    require_study_store(location, study_name)
+    return open_storage(location)
 
 
-def require_study_store(url: str, study_name: str) -> None:
-    """Raise :class:`StudyNotFound` unless ``url`` is an existing store with Optuna's tables."""
+def require_study_store(store: StoreLocation | str, study_name: str) -> None:
+    """Raise :class:`StudyNotFound` unless ``store`` is an existing store with Optuna's tables."""
     import sqlalchemy
 
-    require_store_file(url, study_name)
-    engine = null_pool_engine(url)
+    location = _location(store)
+    require_store_file(location, study_name)
+    engine = null_pool_engine(location)
     try:
         with engine.connect() as connection:
-            require_study_tables(connection, url, study_name)
+            require_study_tables(connection, location, study_name)
     except sqlalchemy.exc.SQLAlchemyError as error:
-        detail = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
-        raise StorageError(f"storage {url}: cannot open it ({detail})") from error
+        raise StorageError(f"storage {location.display}: cannot open it ({_first_line(error)})") from error
     finally:
         engine.dispose()
 
@@ -119,30 +131,32 @@ def require_study_store(url: str, study_name: str) -> None:
 _STORE_HINT = "pass --storage with the URL the study was run with (or set FTSWEEP_STORAGE)"
 
 
-def require_store_file(url: str, study_name: str) -> None:
-    """Raise :class:`StudyNotFound` when ``url`` is a SQLite file that does not exist (opening it would create it)."""
-    path = sqlite_path(url)
+def require_store_file(store: StoreLocation | str, study_name: str) -> None:
+    """Raise :class:`StudyNotFound` when ``store`` is a SQLite file that does not exist (opening it would create it)."""
+    location = _location(store)
+    path = location.sqlite_file
     if path is not None and not path.exists():
-        raise StudyNotFound(f"no study {study_name!r}: the storage {url} does not exist ({path.resolve()}); {_STORE_HINT}")
+        raise StudyNotFound(f"no study {study_name!r}: the storage {location.display} does not exist; {_STORE_HINT}")
 
 
-def require_study_tables(connection: Any, url: str, study_name: str) -> None:
+def require_study_tables(connection: Any, store: StoreLocation | str, study_name: str) -> None:
     """Raise :class:`StudyNotFound` when the database on ``connection`` holds no Optuna studies."""
     import sqlalchemy
 
     if not sqlalchemy.inspect(connection).has_table("studies"):
-        raise StudyNotFound(f"no study {study_name!r}: {url} holds no Optuna studies; {_STORE_HINT}")
+        raise StudyNotFound(f"no study {study_name!r}: {_location(store).display} holds no Optuna studies; {_STORE_HINT}")
 
 
-def null_pool_engine(url: str) -> Any:
-    """A SQLAlchemy engine on ``url`` without a connection pool, for a command's few reads."""
+def null_pool_engine(store: StoreLocation | str) -> Any:
+    """A SQLAlchemy engine on ``store`` without a connection pool, for a command's few reads."""
     import sqlalchemy
     from sqlalchemy.pool import NullPool
 
+    location = _location(store)
     try:
-        return sqlalchemy.create_engine(url, poolclass=NullPool)
+        return sqlalchemy.create_engine(location.url, poolclass=NullPool)
     except (sqlalchemy.exc.ArgumentError, ModuleNotFoundError) as error:
-        raise StorageError(f"storage {url}: cannot open it ({error})") from error
+        raise StorageError(f"storage {location.display}: cannot open it ({mask_text(str(error))})") from error
 
 
 def _tune_sqlite(storage: Any) -> None:
@@ -186,7 +200,7 @@ def create_study(sweep: Sweep, storage: optuna.storages.RDBStorage, sampler: Any
     name = sweep.study.name
     if name in study_names(storage):
         raise StudyExists(
-            f"study {name!r} already exists in {storage.url}; continue it with `ftsweep resume {name}` "
+            f"study {name!r} already exists in {mask_url(storage.url)}; continue it with `ftsweep resume {name}` "
             "or choose another study.name"
         )
     study = optuna.create_study(
@@ -208,12 +222,16 @@ def load_study(name: str, storage: optuna.storages.RDBStorage, sampler: Any = No
     names = study_names(storage)
     if name not in names:
         known = ", ".join(sorted(names)) or "none"
-        raise StudyNotFound(f"no study {name!r} in {storage.url}; studies there: {known}")
+        raise StudyNotFound(f"no study {name!r} in {mask_url(storage.url)}; studies there: {known}")
     return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
 
 
-def stored_sweep(study: optuna.Study) -> Sweep:
+def stored_sweep(study: optuna.Study, opened: StoreLocation | None = None) -> Sweep:
     """The sweep file kept with the study by ``ftsweep run``.
+
+    Args:
+        opened: the store the study was opened at, when it may have moved since it was stored
+            (:func:`rebase_on_store`).
 
     Raises:
         StudyNotFound: for a study that ftsweep did not create.
@@ -221,15 +239,75 @@ def stored_sweep(study: optuna.Study) -> Sweep:
     stored = study.user_attrs.get(SWEEP_ATTR)
     if not stored:
         raise StudyNotFound(f"study {study.study_name!r} was not created by ftsweep (it holds no sweep file)")
-    return validate_sweep(stored["sweep"], base_dir=Path(stored["base_dir"]), source=f"study {study.study_name}")
+    raw, base_dir = copy.deepcopy(stored["sweep"]), Path(stored["base_dir"])
+    if opened is not None:
+        raw, base_dir = rebase_on_store(raw, base_dir, opened)
+    return validate_sweep(raw, base_dir=base_dir, source=f"study {study.study_name}")
 
 
-def sweep_for_store(sweep: Sweep) -> Sweep:
-    """The sweep with relative SQLite URLs made absolute, so a later ``resume`` from another folder finds them."""
-    raw = {**sweep.raw}
-    raw["study"] = {**raw.get("study", {}), "storage": absolute_sqlite_url(sweep.storage_url)}
-    raw["tracking"] = {**raw.get("tracking", {}), "mlflow_uri": absolute_sqlite_url(sweep.tracking_uri)}
-    return Sweep(SweepModel.model_validate(raw), raw, sweep.base_dir, sweep.source)
+def rebase_on_store(raw: dict[str, Any], base_dir: Path, opened: StoreLocation) -> tuple[dict[str, Any], Path]:
+    """A stored sweep made to follow its SQLite store when the store was moved or copied.
+
+    The rule: what sat in the study store's folder (or below it) when the sweep was stored
+    stays beside the store that is opened now. A SQLite MLflow store there is used (or created)
+    beside the opened store; an absolute ``execution.checkpoint_dir`` there moves with it; the
+    sweep file's folder (data, model, a relative checkpoint folder) moves with it when it
+    exists beside the opened store. Anything else keeps its absolute place. The stored
+    ``study.storage`` becomes the store actually opened.
+    """
+    raw = copy.deepcopy(raw)
+    move = store_move(raw, opened)
+    raw.setdefault("study", {})["storage"] = opened.display
+    if move is None:
+        return raw, base_dir
+    old_root, new_root = move
+
+    def moved(path: Path) -> Path | None:
+        return new_root / path.relative_to(old_root) if path.is_absolute() and path.is_relative_to(old_root) else None
+
+    tracking = raw.get("tracking") or {}
+    uri = tracking.get("mlflow_uri")
+    try:
+        mlflow_file = TrackingLocation.resolve(uri).sqlite_file if isinstance(uri, str) else None
+    except ConfigError:
+        mlflow_file = None
+    if mlflow_file is not None and (target := moved(mlflow_file)) is not None:
+        raw["tracking"] = {**tracking, "mlflow_uri": f"sqlite:///{target}"}
+    execution = raw.get("execution") or {}
+    checkpoints = execution.get("checkpoint_dir")
+    if isinstance(checkpoints, str) and (target := moved(Path(checkpoints).expanduser())) is not None:
+        raw["execution"] = {**execution, "checkpoint_dir": str(target)}
+    if (target := moved(base_dir)) is not None and target.is_dir():
+        base_dir = target
+    return raw, base_dir
+
+
+def store_move(raw: dict[str, Any], opened: StoreLocation) -> tuple[Path, Path] | None:
+    """(the folder the SQLite store was in when the sweep was stored, the folder it is opened in), when they differ."""
+    before = (raw.get("study") or {}).get("storage")
+    try:
+        old_file = StoreLocation.resolve(before).sqlite_file if isinstance(before, str) else None
+    except ConfigError:
+        old_file = None
+    if old_file is None or opened.sqlite_file is None or old_file.parent == opened.sqlite_file.parent:
+        return None
+    return old_file.parent, opened.sqlite_file.parent
+
+
+def sweep_for_store(sweep: Sweep, opened: StoreLocation | None = None) -> Sweep:
+    """The sweep as the study keeps it (and the MLflow parent run shows it): no password, no relative path.
+
+    ``study.storage`` is the store actually opened (``opened``, else the sweep's own), masked;
+    ``tracking.mlflow_uri`` is kept as written when it refers to ``${NAME}``, else made absolute
+    and masked. A masked password is not kept anywhere: ``resume`` takes it from ``--storage``,
+    ``$FTSWEEP_STORAGE`` / ``$MLFLOW_TRACKING_URI``, ``PGPASSWORD`` / ``~/.pgpass``.
+    """
+    raw = copy.deepcopy(sweep.raw)
+    location = opened or sweep.store
+    raw["study"] = {**raw.get("study", {}), "storage": location.display}
+    tracking = raw.get("tracking", {})
+    raw["tracking"] = {**tracking, "mlflow_uri": stored_form(tracking.get("mlflow_uri"), sweep.tracking_uri)}
+    return validate_sweep(raw, base_dir=sweep.base_dir, source=sweep.source)
 
 
 def make_sampler(sweep: Sweep, space: SearchSpace, n_workers: int, seed_offset: int = 0) -> Any:
@@ -327,11 +405,6 @@ def counts_toward_budget(trial: optuna.trial.FrozenTrial) -> bool:
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
     return trial.state == TrialState.FAIL and not trial.user_attrs.get(INTERRUPTED_ATTR)
-
-
-def state_counts(trials: Iterable[optuna.trial.FrozenTrial]) -> Counter[str]:
-    """Trials by state name (``COMPLETE``, ``PRUNED``, ``FAIL``, ``RUNNING``, ``WAITING``)."""
-    return Counter(trial.state.name for trial in trials)
 
 
 def _version() -> str:

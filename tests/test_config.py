@@ -15,11 +15,9 @@ from orchestrator.config import (
     DEFAULT_TRACKING_URI,
     SAMPLERS,
     Sweep,
-    absolute_sqlite_url,
     apply_overrides,
     load_sweep,
     parse_duration,
-    sqlite_path,
     validate_sweep,
 )
 from orchestrator.errors import ConfigError, UserError
@@ -68,8 +66,10 @@ def test_minimal_sweep_file_gets_the_documented_defaults(tmp_path: Path) -> None
 
     assert isinstance(sweep, Sweep)
     assert sweep.study.name == "demo"
-    assert sweep.storage_url == DEFAULT_STORAGE == "sqlite:///ftsweep.db"
-    assert sweep.tracking_uri == DEFAULT_TRACKING_URI == "sqlite:///mlflow.db"
+    assert DEFAULT_STORAGE == "sqlite:///ftsweep.db" and DEFAULT_TRACKING_URI == "sqlite:///mlflow.db"
+    # Relative SQLite files are made absolute against the working directory, once.
+    assert sweep.storage_url == f"sqlite:///{Path.cwd() / 'ftsweep.db'}"
+    assert sweep.tracking_uri == f"sqlite:///{Path.cwd() / 'mlflow.db'}"
     assert sweep.experiment_name == "demo"
     assert sweep.study.metric == "val_f1"
     assert sweep.study.direction == "maximize"
@@ -135,8 +135,9 @@ def test_values_in_the_file_win_over_the_environment(tmp_path: Path, monkeypatch
 
     sweep = load_sweep(path)
 
-    assert sweep.storage_url == "sqlite:///mine.db"
-    assert sweep.tracking_uri == "sqlite:///my-mlflow.db"
+    assert sweep.study.storage == "sqlite:///mine.db"
+    assert sweep.store.sqlite_file == Path.cwd() / "mine.db"
+    assert sweep.tracking_location.sqlite_file == Path.cwd() / "my-mlflow.db"
     assert sweep.experiment_name == "fine-tuning"
 
 
@@ -574,30 +575,24 @@ def test_an_override_that_breaks_the_file_is_reported_with_the_file(tmp_path: Pa
     assert "(got 'sideways')" in problem
 
 
-# --- SQLite URLs ---------------------------------------------------------------------------
+# --- SQLite URLs (the rules themselves are tested in test_storage_location.py) -----------------
 
 
-def test_absolute_sqlite_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relative_sqlite_urls_are_made_absolute_against_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestrator.storage import StoreLocation, TrackingLocation
+
     monkeypatch.chdir(tmp_path)
-    here = tmp_path.resolve()
+    here = Path.cwd()
 
-    assert absolute_sqlite_url("sqlite:///ftsweep.db") == f"sqlite:///{here / 'ftsweep.db'}"
-    assert absolute_sqlite_url("sqlite:///runs/ftsweep.db") == f"sqlite:///{here / 'runs' / 'ftsweep.db'}"
-    assert absolute_sqlite_url("sqlite+pysqlite:///x.db") == f"sqlite+pysqlite:///{here / 'x.db'}"
-    assert absolute_sqlite_url("sqlite:////srv/studies.db") == "sqlite:////srv/studies.db"
-    assert absolute_sqlite_url("sqlite:///:memory:") == "sqlite:///:memory:"
-    assert absolute_sqlite_url("postgresql://u@db/x") == "postgresql://u@db/x"
-    assert absolute_sqlite_url("http://mlflow:5000") == "http://mlflow:5000"
-
-
-def test_sqlite_path() -> None:
-    assert sqlite_path("sqlite:///ftsweep.db") == Path("ftsweep.db")
-    assert sqlite_path("sqlite:////srv/studies.db") == Path("/srv/studies.db")
-    assert sqlite_path("sqlite+pysqlite:///runs/x.db") == Path("runs/x.db")
-    assert sqlite_path("sqlite:///:memory:") is None
-    assert sqlite_path("sqlite://") is None
-    assert sqlite_path("postgresql+psycopg://u@db/x") is None
-    assert sqlite_path("http://mlflow:5000") is None
+    assert StoreLocation.resolve("sqlite:///ftsweep.db").url == f"sqlite:///{here / 'ftsweep.db'}"
+    assert StoreLocation.resolve("sqlite:///runs/ftsweep.db").sqlite_file == here / "runs" / "ftsweep.db"
+    assert StoreLocation.resolve("sqlite+pysqlite:///x.db").url == f"sqlite+pysqlite:///{here / 'x.db'}"
+    assert StoreLocation.resolve("sqlite:////srv/studies.db").url == "sqlite:////srv/studies.db"
+    assert StoreLocation.resolve("postgresql://u@db/x").sqlite_file is None
+    assert TrackingLocation.resolve("http://mlflow:5000").uri == "http://mlflow:5000"
+    assert TrackingLocation.resolve("http://mlflow:5000").sqlite_file is None
 
 
 # --- plan_sweep: the search space and the metric against the trainer ------------------------

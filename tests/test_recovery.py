@@ -10,7 +10,8 @@ from pathlib import Path
 import optuna
 import sqlalchemy
 
-from orchestrator.recovery import OWNER_ATTR, find_orphans, record_heartbeats, recover
+from orchestrator.recovery import OWNER_ATTR, find_orphans, recover
+from orchestrator.store_adapter import record_heartbeats, trial_id
 from orchestrator.study import INTERRUPTED_ATTR, RERUN_OF_ATTR, open_storage
 
 
@@ -19,7 +20,7 @@ def running_trial(study: optuna.Study, owner: str | None) -> optuna.Trial:
     trial.suggest_float("x", 0, 1)
     if owner is not None:
         trial.set_user_attr(OWNER_ATTR, owner)
-    record_heartbeats(study._storage, [trial._trial_id])
+    record_heartbeats(study, [trial_id(trial)])
     return trial
 
 
@@ -43,7 +44,7 @@ def test_orphans_by_owner_and_by_heartbeat(tmp_path: Path) -> None:
     with engine.begin() as connection:  # this owner's last heartbeat was ten minutes ago
         connection.execute(
             sqlalchemy.text("UPDATE trial_heartbeats SET heartbeat = datetime('now', '-600 seconds') WHERE trial_id = :id"),
-            {"id": elsewhere_stale._trial_id},
+            {"id": trial_id(elsewhere_stale)},
         )
     orphans = {trial.number for trial in find_orphans(study)}
     assert orphans == {dead_here.number, elsewhere_stale.number, unowned.number}
