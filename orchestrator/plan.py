@@ -93,6 +93,8 @@ def plan_sweep(sweep: Sweep, check_data: bool = True) -> SweepPlan:
         raise ConfigError(error.problems, source=sweep.source) from None
     space = space.without(set(fixed))
     problems = _check_space(trainer_cls, space, fixed)
+    if check_data and not problems:
+        problems = _check_against_trainer(sweep, trainer, space, fixed)
     if trainer_cls.metric_names and sweep.study.metric not in trainer_cls.metric_names:
         problems.append(
             f"study.metric: {sweep.study.metric!r} is not a metric the trainer {trainer_cls.name!r} reports; "
@@ -145,6 +147,26 @@ def _check_params(trainer_cls: type[BaseTrainer], fixed: dict[str, Any]) -> list
     except ValidationError as error:
         return describe_validation_error(error, trainer_cls.Params, prefix="trainer.params.")
     return []
+
+
+def _check_against_trainer(
+    sweep: Sweep, trainer: BaseTrainer, space: SearchSpace, fixed: dict[str, Any]
+) -> list[str]:
+    """The trainer's own check (``check_params``, e.g. against the model) of the fixed parameters and
+    of each searched one at the ends of its range."""
+    problems = [
+        f"{'trainer.params' if name in sweep.trainer.params else 'trainer'}.{name}: {message}"
+        for name, message in trainer.check_params(fixed).items()
+    ]
+    for name, spec in space.specs.items():
+        probes = list(spec.choices or []) if spec.type == "categorical" else [spec.low, spec.high]
+        for value in probes:
+            probe = int(value) if spec.type == "int" else value  # type: ignore[arg-type]
+            found = trainer.check_params({**fixed, name: probe})
+            if name in found:
+                problems.append(f"search_space.{name}: {found[name]}")
+                break
+    return problems
 
 
 def _check_space(trainer_cls: type[BaseTrainer], space: SearchSpace, fixed: dict[str, Any]) -> list[str]:

@@ -190,6 +190,23 @@ class BaseTrainer(ABC):
         """
         return cls.default_direction
 
+    def check_params(self, params: Mapping[str, Any]) -> dict[str, str]:
+        """Problems of a trial's parameters with this trainer's data and model, by parameter name.
+
+        Called in the driver while planning, after :meth:`check`, once with the parameters the
+        sweep file fixes and once with each searched parameter at each end of its range (each
+        choice), so a value no trial could run with (``freeze_depth`` above the model's layers)
+        stops the sweep before its first trial. The default finds none.
+
+        Args:
+            params: the trial's parameters (the fixed ones and at most one searched one).
+
+        Returns:
+            parameter name -> what is wrong and what is allowed, e.g.
+            ``{"freeze_depth": "5 is more than the 2 layers of ...; allowed: 0 to 2"}``.
+        """
+        return {}
+
     def input_paths(self) -> list[Path]:
         """Local files and folders every trial reads (data, model): on a cluster, every node must see them."""
         return []

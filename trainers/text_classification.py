@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -239,20 +240,34 @@ class TextClassificationTrainer(BaseTrainer):
 
         Raises:
             DataError: for a data problem, naming the file and the key.
-            ModelError: when the model cannot be found or is not a sequence classifier.
+            ModelError: when the model cannot be found, is not a sequence classifier, has a
+                truncated or corrupt weights file, or a tokenizer that does not fit the data.
             ConfigError: when ``max_length`` exceeds what the model supports.
         """
-        load_splits(self.settings.data, self.base_dir)
+        data = load_splits(self.settings.data, self.base_dir)
         config = self.model_config()
         _require_classifier_family(self.settings.model, config)
         _require_weights(self.settings.model, self.model_path)
+        _require_whole_weights(self.settings.model, self.model_path)
         limit = getattr(config, "max_position_embeddings", None)
         if isinstance(limit, int) and self.settings.max_length > limit:
             raise ConfigError(
                 f"trainer.max_length: {self.settings.max_length} is more than the {limit} positions "
                 f"{self.settings.model!r} supports"
             )
-        _load_tokenizer(self.settings.model, self.model_path, self.base_dir)
+        tokenizer = _load_tokenizer(self.settings.model, self.model_path, self.base_dir)
+        _require_plausible_tokenizer(self.settings.model, self.model_path, tokenizer, data.train.texts)
+
+    def check_params(self, params: Mapping[str, Any]) -> dict[str, str]:
+        """``freeze_depth`` may not exceed the model's number of encoder layers."""
+        depth = params.get("freeze_depth")
+        layers = int(self.model_config().num_hidden_layers)
+        if isinstance(depth, int) and depth > layers:
+            return {
+                "freeze_depth": f"{depth} is more than the {layers} encoder layers of {self.settings.model!r}; "
+                f"allowed: 0 to {layers} (a search space may say num_layers)"
+            }
+        return {}
 
     def input_paths(self) -> list[Path]:
         """The data files and, when it is a local folder, the model: what every node must see."""
@@ -415,6 +430,87 @@ def _require_weights(value: str, path: str) -> None:
 # --------------------------------------------------------------------------------------------
 # Metrics
 # --------------------------------------------------------------------------------------------
+
+
+def _require_whole_weights(value: str, path: str) -> None:
+    """Every safetensors weights file of a local model folder is whole (its header read, not its tensors).
+
+    A download or a copy cut short otherwise shows up only inside every trial, as a failed trial each.
+    """
+    from trainers.safetensors_file import SafetensorsProblem, read_header
+
+    folder = Path(path)
+    if not folder.is_dir():
+        return
+    files = [folder / "model.safetensors"] if (folder / "model.safetensors").exists() else []
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            shards = sorted(set(weight_map.values()))
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ModelError(
+                f"trainer.model: {value!r}: {index} is not a readable weights index ({error}); "
+                "save the model again with save_pretrained"
+            ) from None
+        for shard in shards:
+            if not (folder / shard).is_file():
+                raise ModelError(
+                    f"trainer.model: {value!r}: {index} names the weights file {shard}, which is missing; "
+                    "download or copy the model again"
+                )
+        files += [folder / shard for shard in shards]
+    for file in files:
+        try:
+            read_header(file)
+        except SafetensorsProblem as problem:
+            raise ModelError(
+                f"trainer.model: {value!r}: the weights file {file} is damaged: {problem}; "
+                "download or copy the model again"
+            ) from None
+        except OSError as error:
+            raise ModelError(f"trainer.model: {value!r}: cannot read the weights file {file}: {error}") from None
+
+
+#: A tokenizer with fewer ordinary (not special) tokens than this holds only what transformers
+#: makes up for a folder without tokenizer files. Deliberately low: a character-level or small
+#: domain vocabulary is legitimate; the unknown-token share below catches a poor fit.
+MIN_REGULAR_TOKENS = 16
+#: Largest share of the tokens of a sample of training texts that may be the unknown token.
+MAX_UNKNOWN_SHARE = 0.5
+#: How many training texts the unknown-token check tokenizes.
+TOKENIZER_SAMPLE = 200
+
+
+def _require_plausible_tokenizer(value: str, path: str, tokenizer: Any, texts: list[str]) -> None:
+    """Refuse a tokenizer that would turn the training texts into unknown tokens.
+
+    transformers builds a tokenizer of special tokens only for a model folder without tokenizer
+    files, and a tokenizer of another model or language maps most words to its unknown token:
+    either way every trial would train on noise and report a plausible-looking score.
+    """
+    where = f"the folder {path}" if Path(path).is_dir() else repr(value)
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    regular = len(tokenizer) - len(special)
+    if regular < MIN_REGULAR_TOKENS:
+        raise ModelError(
+            f"trainer.model: {value!r}: the tokenizer of {where} has only {len(tokenizer)} tokens "
+            f"({regular} besides its special tokens): its tokenizer files (tokenizer.json, vocab.txt, ...) "
+            "are missing; save the model's tokenizer into it with tokenizer.save_pretrained"
+        )
+    unknown_id = getattr(tokenizer, "unk_token_id", None)
+    if unknown_id is None or not texts:
+        return
+    sample = random.Random(0).sample(texts, min(TOKENIZER_SAMPLE, len(texts)))
+    ids = tokenizer(sample, add_special_tokens=False, truncation=True, max_length=512)["input_ids"]
+    total = sum(len(row) for row in ids)
+    unknown = sum(row.count(unknown_id) for row in ids)
+    if total and unknown / total > MAX_UNKNOWN_SHARE:
+        raise ModelError(
+            f"trainer.model: {value!r}: the tokenizer of {where} maps {unknown / total:.0%} of the tokens of "
+            f"{len(sample)} training texts to its unknown token {tokenizer.unk_token!r}: it does not fit this "
+            "data (another model's tokenizer, or another language); use the tokenizer the model was trained with"
+        )
 
 
 def accuracy_and_macro_f1(confusion: torch.Tensor) -> tuple[float, float]:
