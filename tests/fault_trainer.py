@@ -75,7 +75,7 @@ class FaultTrainer(BaseTrainer):
             return
         if settings.pause_trials is not None and number not in settings.pause_trials:
             return
-        print(f"trial {number} waits for {settings.release_file}", flush=True)
+        print(f"trial {number} (pid {os.getpid()}) waits for {settings.release_file}", flush=True)
         deadline = time.monotonic() + bound_seconds
         while not os.path.exists(settings.release_file):
             if time.monotonic() > deadline:

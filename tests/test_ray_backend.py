@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import optuna
 import pytest
 from conftest import REPO_ROOT, TESTS_DIR, fault_sweep, mlflow_runs, run_cli, write_sweep
-from test_resume import start_cli, wait_for_epoch
+from test_resume import process_gone, start_cli, stop, wait_for_epoch, wait_until, waiting_trials
 
 pytestmark = pytest.mark.slow
 
@@ -54,11 +53,21 @@ def device_of(trial: optuna.trial.FrozenTrial) -> tuple[str, str]:
 
 
 def test_eight_trials_on_two_nodes_pack_two_per_gpu(tmp_path: Path, cluster: object) -> None:
-    record = tmp_path / "where.jsonl"
-    write_sweep(tmp_path, ray_sweep("packed", cluster.address, n_trials=8, epochs=2, sleep_seconds=1.0,
-                                    record_file=str(record)))
-    result = run_cli(["run", "sweep.yaml"], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    record, release = tmp_path / "where.jsonl", tmp_path / "release"
+    write_sweep(tmp_path, ray_sweep("packed", cluster.address, n_trials=8, epochs=2, sleep_seconds=0.5,
+                                    record_file=str(record), release_file=str(release)))
+    driver = start_cli(["run", "sweep.yaml"], cwd=tmp_path)
+    try:
+        # Trials wait before their first epoch until the cluster is full (2 nodes x 2 CPUs, one CPU a
+        # trial): then both nodes hold trials however Ray placed them, and slow machines cannot make
+        # one node run them all in turn.
+        logs = tmp_path / "ftsweep-runs" / "packed" / "logs"
+        wait_until(lambda: len(waiting_trials(logs)) >= 4, "four trials to run at once", [driver])
+        release.touch()
+        _, stderr = driver.communicate(timeout=300)
+        assert driver.returncode == 0, stderr
+    finally:
+        stop([driver])
 
     study = optuna.load_study(study_name="packed", storage=storage_of(tmp_path))
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 8
@@ -80,12 +89,20 @@ def test_eight_trials_on_two_nodes_pack_two_per_gpu(tmp_path: Path, cluster: obj
 
 
 def test_kill_the_ray_driver_then_resume_to_the_exact_budget(tmp_path: Path, cluster: object) -> None:
-    write_sweep(tmp_path, ray_sweep("driver-killed", cluster.address, n_trials=4, sleep_seconds=1.5))
+    # Every trial waits after its first epoch until released: the driver dies with trial 1 (at least)
+    # past epoch 1 and no trial finished, however slowly the machine runs.
+    write_sweep(tmp_path, ray_sweep("driver-killed", cluster.address, n_trials=4, release_file=str(tmp_path / "release"),
+                                    pause_before_epoch=2))
     driver = start_cli(["run", "sweep.yaml"], cwd=tmp_path)
     wait_for_epoch(storage_of(tmp_path), "driver-killed", trial_number=1, epoch=1, process=driver)
+    logs = tmp_path / "ftsweep-runs" / "driver-killed" / "logs"
+    wait_until(lambda: 1 in waiting_trials(logs), "trial 1 to wait before epoch 2", [driver])
     driver.send_signal(signal.SIGKILL)
     driver.wait(timeout=30)
-    time.sleep(2)
+    # Ray ends a dead driver's trials; wait until it has, so that none writes beside its re-run.
+    pids = waiting_trials(logs).values()
+    wait_until(lambda: all(process_gone(pid) for pid in pids), "Ray to end the killed driver's trials", [], timeout=120)
+    (tmp_path / "release").touch()
 
     result = run_cli(["resume", "driver-killed"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -133,15 +150,24 @@ def test_a_study_begun_locally_continues_on_ray_and_back(tmp_path: Path, cluster
 def test_a_dead_node_reruns_its_trial_from_the_checkpoint_on_the_other_node(tmp_path: Path) -> None:
     cluster = start_cluster()
     try:
-        write_sweep(tmp_path, ray_sweep("node-lost", cluster.address, n_trials=1, sleep_seconds=2.0))
+        # The trial waits after its first epoch until released, so the node dies while it is past epoch 1
+        # and not finished, however slowly the machine runs; its re-run resumes and is not held.
+        release = tmp_path / "release"
+        write_sweep(tmp_path, ray_sweep("node-lost", cluster.address, n_trials=1, release_file=str(release),
+                                        pause_before_epoch=2))
         driver = start_cli(["run", "sweep.yaml"], cwd=tmp_path)
         wait_for_epoch(storage_of(tmp_path), "node-lost", trial_number=0, epoch=1, process=driver)
+        logs = tmp_path / "ftsweep-runs" / "node-lost" / "logs"
+        wait_until(lambda: 0 in waiting_trials(logs), "trial 0 to wait before epoch 2", [driver])
+        pid = waiting_trials(logs)[0]
         study = optuna.load_study(study_name="node-lost", storage=storage_of(tmp_path))
         node_prefix = device_of(study.trials[0])[0].removeprefix("node ")
         victim = next(node for node in cluster.list_all_nodes() if node.node_id.startswith(node_prefix))
         cluster.remove_node(victim, allow_graceful=False)  # kills the node's raylet and its workers
+        wait_until(lambda: process_gone(pid), "the lost node's trial process to end", [driver], timeout=120)
+        release.touch()
 
-        stdout, stderr = driver.communicate(timeout=240)
+        stdout, stderr = driver.communicate(timeout=300)
         assert driver.returncode == 0, stderr
         trial = optuna.load_study(study_name="node-lost", storage=storage_of(tmp_path)).trials[0]
         assert trial.state.name == "COMPLETE"

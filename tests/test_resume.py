@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -19,11 +21,60 @@ from orchestrator.study import open_storage
 pytestmark = pytest.mark.slow
 
 
-def start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", *args],
-        cwd=cwd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+def start_cli(args: list[str], cwd: Path, stderr_file: Path | None = None) -> subprocess.Popen:
+    """Start ``ftsweep ARGS``; with ``stderr_file`` its stderr goes there, to be read while it runs."""
+    stderr = open(stderr_file, "w", encoding="utf-8") if stderr_file else subprocess.PIPE  # noqa: SIM115
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.cli", *args],
+            cwd=cwd, env=cli_env(), stdout=subprocess.PIPE, stderr=stderr, text=True,
+        )
+    finally:
+        if stderr_file:
+            stderr.close()  # the child has its own copy
+
+
+def wait_until(condition: Callable[[], object], what: str, processes: list[subprocess.Popen],
+               timeout: float = 300) -> None:
+    """Poll ``condition`` until it holds; fail at once if one of ``processes`` ends first."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        for process in processes:
+            assert process.poll() is None, (what, process.args, process.communicate())
+        assert time.monotonic() < deadline, f"waited {timeout:.0f} s for {what}"
+        time.sleep(0.2)
+
+
+def process_gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended (a zombie nobody reaps has ended too)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as stream:
+            return stream.read().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+    except OSError:  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+
+def waiting_trials(log_dir: Path) -> dict[int, int]:
+    """{trial number: pid} of the trials whose log says they wait for the test's release file."""
+    found = {}
+    for log in log_dir.glob("trial-*.log"):
+        for match in re.finditer(r"^trial (\d+) \(pid (\d+)\) waits for ", log.read_text(encoding="utf-8"), re.M):
+            found[int(match[1])] = int(match[2])
+    return found
+
+
+def stop(processes: list[subprocess.Popen]) -> None:
+    """Kill what a failed test left running."""
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=30)
 
 
 def wait_for_epoch(storage: str, name: str, trial_number: int, epoch: int, process: subprocess.Popen, timeout: float = 120) -> None:
@@ -41,8 +92,14 @@ def wait_for_epoch(storage: str, name: str, trial_number: int, epoch: int, proce
     raise AssertionError(f"trial {trial_number} never reported epoch {epoch}")
 
 
-def slow_sweep(name: str, storage: str | None = None, n_trials: int = 3, workers: int = 1) -> dict:
-    sweep = fault_sweep(name, n_trials=n_trials, workers=workers, sleep_seconds=1.5)
+def held_sweep(folder: Path, name: str, storage: str | None = None, n_trials: int = 3, workers: int = 1) -> dict:
+    """Trial 1 reports epoch 1, then waits before epoch 2 until ``folder / "release"`` exists.
+
+    So a test acts on trial 1 at a known point (after epoch 1, before epoch 2) however slowly
+    the machine runs; its re-run has another number and does not wait.
+    """
+    sweep = fault_sweep(name, n_trials=n_trials, workers=workers, release_file=str(folder / "release"),
+                        pause_trials=[1], pause_before_epoch=2)
     if storage:
         sweep["study"]["storage"] = storage
     return sweep
@@ -81,9 +138,12 @@ def assert_resumed_exactly(tmp_path: Path, storage: str, name: str, interrupted:
 def kill_driver_and_resume(tmp_path: Path, storage: str, name: str) -> None:
     driver = start_cli(["run", "sweep.yaml"], cwd=tmp_path)
     wait_for_epoch(storage, name, trial_number=1, epoch=1, process=driver)
+    trial_pid = int((tmp_path / "ftsweep-runs" / name / "logs" / "trial-1.pid").read_text())
     driver.send_signal(signal.SIGKILL)
     driver.wait(timeout=30)
-    time.sleep(0.5)  # the trial process dies with the fork server, which dies with the driver
+    # The trial process dies with the driver (its lifeline pipe closes): wait until it has.
+    wait_until(lambda: process_gone(trial_pid), "the trial process to die with its driver", [], timeout=120)
+    (tmp_path / "release").touch()
 
     result = run_cli(["resume", name, "--storage", storage], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -93,7 +153,7 @@ def kill_driver_and_resume(tmp_path: Path, storage: str, name: str) -> None:
 
 def test_sigkill_the_driver_mid_epoch_then_resume(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path / 'ftsweep.db'}"
-    write_sweep(tmp_path, slow_sweep("killed"))
+    write_sweep(tmp_path, held_sweep(tmp_path, "killed"))
     kill_driver_and_resume(tmp_path, storage, "killed")
 
 
@@ -101,7 +161,7 @@ def test_sigkill_the_driver_mid_epoch_then_resume(tmp_path: Path) -> None:
 def test_sigkill_the_driver_mid_epoch_then_resume_on_postgresql(tmp_path: Path) -> None:
     require_postgres()
     name = f"killed-{uuid.uuid4().hex[:8]}"
-    write_sweep(tmp_path, slow_sweep(name, storage=POSTGRES_URL))
+    write_sweep(tmp_path, held_sweep(tmp_path, name, storage=POSTGRES_URL))
     try:
         kill_driver_and_resume(tmp_path, POSTGRES_URL, name)
     finally:
@@ -110,12 +170,13 @@ def test_sigkill_the_driver_mid_epoch_then_resume_on_postgresql(tmp_path: Path) 
 
 def test_sigkill_a_trial_process_reruns_it_from_its_checkpoint(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path / 'ftsweep.db'}"
-    write_sweep(tmp_path, slow_sweep("worker-killed"))
+    write_sweep(tmp_path, held_sweep(tmp_path, "worker-killed"))
     driver = start_cli(["run", "sweep.yaml"], cwd=tmp_path)
     wait_for_epoch(storage, "worker-killed", trial_number=1, epoch=1, process=driver)
     pid_file = tmp_path / "ftsweep-runs" / "worker-killed" / "logs" / "trial-1.pid"
     os.kill(int(pid_file.read_text()), signal.SIGKILL)
-    stdout, stderr = driver.communicate(timeout=120)
+    (tmp_path / "release").touch()
+    stdout, stderr = driver.communicate(timeout=300)
     assert driver.returncode == 0, stderr
     assert "trial 1 interrupted" in stderr
     assert_resumed_exactly(tmp_path, storage, "worker-killed", interrupted=1)
@@ -123,13 +184,18 @@ def test_sigkill_a_trial_process_reruns_it_from_its_checkpoint(tmp_path: Path) -
 
 def test_ctrl_c_once_lets_the_epoch_finish_then_resume_completes(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path / 'ftsweep.db'}"
-    write_sweep(tmp_path, slow_sweep("ctrl-c"))
-    driver = start_cli(["run", "sweep.yaml"], cwd=tmp_path)
+    write_sweep(tmp_path, held_sweep(tmp_path, "ctrl-c"))
+    errors = tmp_path / "driver.err"
+    driver = start_cli(["run", "sweep.yaml"], cwd=tmp_path, stderr_file=errors)
     wait_for_epoch(storage, "ctrl-c", trial_number=1, epoch=1, process=driver)
     driver.send_signal(signal.SIGINT)
-    stdout, stderr = driver.communicate(timeout=60)
+    # Trial 1 waits before epoch 2 until the driver has taken the Ctrl-C: then it runs epoch 2 and stops.
+    wait_until(lambda: "starting no new trials" in errors.read_text(encoding="utf-8"), "the driver to take the Ctrl-C",
+               [driver])
+    (tmp_path / "release").touch()
+    driver.communicate(timeout=300)
+    stderr = errors.read_text(encoding="utf-8")
     assert driver.returncode == 130, stderr
-    assert "starting no new trials" in stderr
     study = optuna.load_study(study_name="ctrl-c", storage=storage)
     # The running trial finished its second epoch, checkpointed, and stopped; nothing else started.
     assert len(study.trials) == 3  # 0 complete, 1 interrupted, and its queued re-run
@@ -193,23 +259,40 @@ def test_worker_refuses_a_sqlite_file(tmp_path: Path) -> None:
 def test_workers_on_several_processes_share_one_budget_on_postgresql(tmp_path: Path) -> None:
     require_postgres()
     name = f"shared-{uuid.uuid4().hex[:8]}"
-    sweep = fault_sweep(name, n_trials=16, workers=2, sleep_seconds=1.0)
+    release = tmp_path / "release"
+    # Every trial waits before its first epoch until the test releases them, so the driver cannot
+    # finish the budget before the workers have joined, however slowly they start.
+    sweep = fault_sweep(name, n_trials=16, workers=2, release_file=str(release))
     sweep["study"]["storage"] = POSTGRES_URL
     write_sweep(tmp_path, sweep)
+
+    storage = open_storage(POSTGRES_URL)
+
+    def owners() -> set[str]:
+        try:
+            trials = optuna.load_study(study_name=name, storage=storage).trials
+        except KeyError:  # the driver has not created the study yet
+            return set()
+        return {t.user_attrs["owner"] for t in trials if "owner" in t.user_attrs}
+
     driver = start_cli(["run", "sweep.yaml"], cwd=tmp_path)
+    processes = [driver]
     try:
-        wait_for_epoch(POSTGRES_URL, name, trial_number=0, epoch=1, process=driver)
-        workers = [start_cli(["worker", name, "--storage", POSTGRES_URL, "--workers", "2"], cwd=tmp_path) for _ in range(3)]
-        for process in [driver, *workers]:
+        wait_until(lambda: owners(), "the driver to start its first trial", processes)
+        processes += [start_cli(["worker", name, "--storage", POSTGRES_URL, "--workers", "2"], cwd=tmp_path)
+                      for _ in range(3)]
+        wait_until(lambda: len(owners()) == 4, "the driver and each worker to hold a trial", processes)
+        release.touch()
+        for process in processes:
             _, stderr = process.communicate(timeout=300)
             assert process.returncode == 0, stderr
             assert "database is locked" not in stderr and "Traceback" not in stderr
         study = optuna.load_study(study_name=name, storage=POSTGRES_URL)
         assert len(study.trials) == 16
         assert all(t.state.name == "COMPLETE" for t in study.trials)
-        owners = {t.user_attrs["owner"] for t in study.trials}
-        assert len(owners) >= 2  # the workers really took part
+        assert len(owners()) == 4  # the driver and the three workers took part
     finally:
+        stop(processes)
         optuna.delete_study(study_name=name, storage=POSTGRES_URL)
 
 
