@@ -95,7 +95,16 @@ class TrialContext:
             raise TrialPruned(f"pruned after epoch {epoch}")
 
     def save_checkpoint(self, state: Mapping[str, Any]) -> None:
-        """Save the trial's state atomically; a later run of the same trial gets it back."""
+        """Save the trial's state atomically; a later run of the same trial gets it back.
+
+        Args:
+            state: what the trial needs to continue: None, bools, numbers, strings, lists, tuples,
+                dicts, torch tensors and numpy arrays (:mod:`trainers.checkpoint`). Nothing is
+                pickled, so a checkpoint someone else wrote cannot run code here.
+
+        Raises:
+            TypeError: for a value of any other kind.
+        """
         if self.checkpoint_dir is None:
             return
         from trainers.checkpoint import save_checkpoint
