@@ -78,7 +78,9 @@ def find_orphans(study: optuna.Study, grace_seconds: float = GRACE_SECONDS) -> l
     return [
         trial
         for trial in running
-        if trial_id(trial) in stale or _owner_is_dead(trial.user_attrs.get(OWNER_ATTR)) or OWNER_ATTR not in trial.user_attrs
+        if trial_id(trial) in stale
+        or _owner_is_dead(trial.user_attrs.get(OWNER_ATTR))
+        or OWNER_ATTR not in trial.user_attrs
     ]
 
 
@@ -113,7 +115,11 @@ def recover(study: optuna.Study, grace_seconds: float = GRACE_SECONDS) -> list[i
     already = {t.user_attrs.get(RERUN_OF_ATTR) for t in trials}
     queued = []
     for trial in trials:
-        if trial.state == TrialState.FAIL and trial.user_attrs.get(INTERRUPTED_ATTR) and trial.number not in already:
+        if (
+            trial.state == TrialState.FAIL
+            and trial.user_attrs.get(INTERRUPTED_ATTR)
+            and trial.number not in already
+        ):
             queue_rerun(study, trial)
             queued.append(trial.number)
     return queued

@@ -33,7 +33,7 @@ _SIGNS = ("already exists", "duplicate key", "unique constraint failed", "databa
 
 
 def create_safely(sqlite_file: Path | None, create: Callable[[], T]) -> T:
-    """``create()``, which opens (and on first use creates) a store, safe against other processes doing the same.
+    """``create()``, which opens (on first use, creates) a store, safe against other processes doing the same.
 
     Args:
         sqlite_file: the store's SQLite file, or None for a server database.

@@ -98,20 +98,32 @@ def read_status(
         engine.dispose()
 
 
-def _read(connection: Any, text: Any, study_name: str, where: str, last: int | None, show_all: bool) -> StatusData:
-    study_id = connection.execute(text("SELECT study_id FROM studies WHERE study_name = :n"), {"n": study_name}).scalar()
+def _read(
+    connection: Any, text: Any, study_name: str, where: str, last: int | None, show_all: bool
+) -> StatusData:
+    study_id = connection.execute(
+        text("SELECT study_id FROM studies WHERE study_name = :n"), {"n": study_name}
+    ).scalar()
     if study_id is None:
         names = sorted(row[0] for row in connection.execute(text("SELECT study_name FROM studies")))
-        raise StudyNotFound(f"no study {study_name!r} in {where}; studies there: {', '.join(names) or 'none'}")
+        raise StudyNotFound(
+            f"no study {study_name!r} in {where}; studies there: {', '.join(names) or 'none'}"
+        )
     key = {"s": study_id}
     stored = connection.execute(
-        text("SELECT value_json FROM study_user_attributes WHERE study_id = :s AND key = 'ftsweep:sweep'"), key
+        text("SELECT value_json FROM study_user_attributes WHERE study_id = :s AND key = 'ftsweep:sweep'"),
+        key,
     ).scalar()
     sweep = json.loads(stored)["sweep"] if stored else {}
     study_section = sweep.get("study", {})
     direction = study_section.get("direction", "maximize")
     counts: Counter[str] = Counter(
-        {state: n for state, n in connection.execute(text("SELECT state, COUNT(*) FROM trials WHERE study_id = :s GROUP BY state"), key)}
+        {
+            state: n
+            for state, n in connection.execute(
+                text("SELECT state, COUNT(*) FROM trials WHERE study_id = :s GROUP BY state"), key
+            )
+        }
     )
     total = sum(counts.values())
     limit = None if show_all else (last or (DEFAULT_ROWS if total > DEFAULT_ROWS else None))
@@ -130,7 +142,11 @@ def _read(connection: Any, text: Any, study_name: str, where: str, last: int | N
     selected = "FROM trials t WHERE t.study_id = :s AND t.number >= :m"
     rows: dict[int, dict[str, Any]] = {}
     for trial_id, number, state, start, complete in connection.execute(
-        text(f"SELECT t.trial_id, t.number, t.state, t.datetime_start, t.datetime_complete {selected} ORDER BY t.number"), key
+        text(
+            "SELECT t.trial_id, t.number, t.state, t.datetime_start, t.datetime_complete "
+            f"{selected} ORDER BY t.number"
+        ),
+        key,
     ):
         started, finished = _when(start), _when(complete)
         rows[trial_id] = {
@@ -143,18 +159,29 @@ def _read(connection: Any, text: Any, study_name: str, where: str, last: int | N
             "reason": "",
         }
     joined = "JOIN trials t ON t.trial_id = x.trial_id WHERE t.study_id = :s AND t.number >= :m"
-    for trial_id, value in connection.execute(text(f"SELECT x.trial_id, x.value FROM trial_values x {joined} AND x.objective = 0"), key):
+    for trial_id, value in connection.execute(
+        text(f"SELECT x.trial_id, x.value FROM trial_values x {joined} AND x.objective = 0"), key
+    ):
         rows[trial_id]["value"] = value
     for trial_id, name, value, distribution in connection.execute(
-        text(f"SELECT x.trial_id, x.param_name, x.param_value, x.distribution_json FROM trial_params x {joined} ORDER BY x.param_id"), key
+        text(
+            "SELECT x.trial_id, x.param_name, x.param_value, x.distribution_json "
+            f"FROM trial_params x {joined} ORDER BY x.param_id"
+        ),
+        key,
     ):
         rows[trial_id]["params"][name] = decode_param(value, distribution)
     for trial_id, name, value in connection.execute(
-        text(f"SELECT x.trial_id, x.key, x.value_json FROM trial_user_attributes x {joined} AND x.key IN ('epochs', 'reason')"), key
+        text(
+            "SELECT x.trial_id, x.key, x.value_json "
+            f"FROM trial_user_attributes x {joined} AND x.key IN ('epochs', 'reason')"
+        ),
+        key,
     ):
         rows[trial_id][name if name == "epochs" else "reason"] = json.loads(value)
     for trial_id, step in connection.execute(
-        text(f"SELECT x.trial_id, MAX(x.step) FROM trial_intermediate_values x {joined} GROUP BY x.trial_id"), key
+        text(f"SELECT x.trial_id, MAX(x.step) FROM trial_intermediate_values x {joined} GROUP BY x.trial_id"),
+        key,
     ):
         if rows[trial_id]["epochs"] is None:
             rows[trial_id]["epochs"] = step
@@ -220,9 +247,22 @@ def render_plain(data: StatusData) -> str:
     """The same table as plain text: columns aligned with spaces, one line per trial."""
     header = [data.metric if column == "value" else column for column in COLUMNS]
     lines = [_cells(row) for row in data.rows]
-    widths = [max([len(header[index])] + [len(cells[index]) for cells in lines]) for index in range(len(header) - 1)]
+    widths = [
+        max([len(header[index])] + [len(cells[index]) for cells in lines]) for index in range(len(header) - 1)
+    ]
 
     def line(cells: list[str]) -> str:
-        return "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=False)) + "  " + cells[-1]
+        return (
+            "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=False))
+            + "  "
+            + cells[-1]
+        )
 
-    return "\n".join([f"study {data.study_name}", line(header).rstrip(), *(line(cells).rstrip() for cells in lines), summary_line(data)])
+    return "\n".join(
+        [
+            f"study {data.study_name}",
+            line(header).rstrip(),
+            *(line(cells).rstrip() for cells in lines),
+            summary_line(data),
+        ]
+    )

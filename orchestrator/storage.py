@@ -43,7 +43,9 @@ _SECRETS: set[str] = set()
 # scheme://user:password@rest - the password runs to the last "@" before the host, so a
 # password holding an unescaped "@", "/", "#" or a space is masked whole (over-masking a
 # display is harmless; under-masking leaks).
-_USERINFO = re.compile(r"^(?P<head>[A-Za-z][\w+.-]*://)(?P<user>[^:/@?#]*):(?P<password>.*)@(?P<tail>[^@]*)$", re.S)
+_USERINFO = re.compile(
+    r"^(?P<head>[A-Za-z][\w+.-]*://)(?P<user>[^:/@?#]*):(?P<password>.*)@(?P<tail>[^@]*)$", re.S
+)
 # http(s)://token@host: a user name alone is a token there (never for a database URL).
 _HTTP_TOKEN = re.compile(r"^(?P<head>https?://)(?P<token>[^:/@?#]+)@(?P<tail>[^@]*)$", re.I)
 _SECRET_PARAMS = re.compile(
@@ -74,7 +76,7 @@ def mask_url(url: str) -> str:
 
 
 def mask_text(text: str) -> str:
-    """Free text (an error message, a traceback, a command line) with every URL masked and every known password removed."""
+    """Free text (an error, a traceback, a command line): every URL masked, every known password removed."""
     masked = _URL_IN_TEXT.sub(lambda m: mask_url(m.group(0)), text)
     for secret in sorted(_SECRETS, key=len, reverse=True):
         masked = masked.replace(secret, MASK)
@@ -82,7 +84,7 @@ def mask_text(text: str) -> str:
 
 
 def mask_argument(argument: str) -> str:
-    """One command-line argument masked; unlike :func:`mask_text`, a password holding spaces is masked whole."""
+    """One command-line argument masked; unlike :func:`mask_text`, a password with spaces is masked whole."""
     head, sep, value = argument.partition("=")
     if sep and "://" in value and "://" not in head:
         return f"{head}={mask_text(mask_url(value))}"
@@ -110,14 +112,16 @@ def expand_env(text: str, key: str) -> str:
     def value(match: re.Match[str]) -> str:
         name = match.group(1)
         if name not in os.environ:
-            raise ConfigError(f"{key}: the environment variable {name} is not set (the value refers to ${{{name}}})")
+            raise ConfigError(
+                f"{key}: the environment variable {name} is not set (the value refers to ${{{name}}})"
+            )
         return os.environ[name]
 
     return _ENV_REFERENCE.sub(value, text)
 
 
 def _sqlite_database(url: str) -> str | None:
-    """The database part of a ``sqlite`` URL (``None`` for no file, i.e. in memory), or ``""`` when ``url`` is not SQLite."""
+    """The database part of a ``sqlite`` URL (``None``: in memory), or ``""`` when ``url`` is not SQLite."""
     match = re.match(r"^sqlite(?:\+\w+)?://(?P<rest>.*)$", url, re.S)
     if not match:
         return ""
@@ -126,7 +130,12 @@ def _sqlite_database(url: str) -> str | None:
         return None  # "sqlite://": SQLAlchemy's in-memory database
     database = rest[1:].split("?", 1)[0]
     query = rest[1:].partition("?")[2]
-    if not database or database == ":memory:" or database.startswith("file::memory:") or "mode=memory" in query:
+    if (
+        not database
+        or database == ":memory:"
+        or database.startswith("file::memory:")
+        or "mode=memory" in query
+    ):
         return None
     return database
 
@@ -137,9 +146,10 @@ def _absolute_sqlite(url: str, key: str, base_dir: Path) -> tuple[str, Path | No
     if database == "":
         return url, None
     if database is None:
+        example = DEFAULT_STORAGE if "storage" in key.lower() else DEFAULT_TRACKING_URI
         raise ConfigError(
-            f"{key} {mask_url(url)}: an in-memory SQLite database ends with the process that opened it, so the study "
-            f"could never be resumed or read; use a file, e.g. {DEFAULT_STORAGE if 'storage' in key else DEFAULT_TRACKING_URI}"
+            f"{key} {mask_url(url)}: an in-memory SQLite database ends with the process that opened it, so "
+            f"the study could never be resumed or read; use a file, e.g. {example}"
         )
     scheme = url.split("://", 1)[0]
     query = url.split("://", 1)[1][1:].partition("?")
@@ -169,7 +179,9 @@ class StoreLocation:
     work_root: Path
 
     @classmethod
-    def resolve(cls, explicit: str | None, base_dir: Path | None = None, key: str = "study.storage") -> StoreLocation:
+    def resolve(
+        cls, explicit: str | None, base_dir: Path | None = None, key: str = "study.storage"
+    ) -> StoreLocation:
         """The given URL, else ``$FTSWEEP_STORAGE``, else ``sqlite:///ftsweep.db``; ``${NAME}`` expanded.
 
         Args:
@@ -186,7 +198,9 @@ class StoreLocation:
             raw = DEFAULT_STORAGE if explicit is None else explicit
         url = expand_env(raw.strip(), key)
         if not url:
-            raise ConfigError(f"{key}: the storage URL is empty; e.g. {DEFAULT_STORAGE} or postgresql+psycopg://user@host/db")
+            raise ConfigError(
+                f"{key}: the storage URL is empty; e.g. {DEFAULT_STORAGE} or postgresql+psycopg://user@host/db"
+            )
         if "://" not in url:
             raise ConfigError(
                 f"{key} {mask_url(url)!r}: not a database URL; e.g. {DEFAULT_STORAGE} or postgresql+psycopg://user@host/db"
@@ -194,7 +208,13 @@ class StoreLocation:
         base = Path.cwd() if base_dir is None else Path(base_dir)
         url, sqlite_file = _absolute_sqlite(url, key, base)
         work_root = sqlite_file.parent if sqlite_file is not None else Path(os.path.abspath(base))
-        return cls(url=url, display=mask_url(url), sqlite_file=sqlite_file, shared=sqlite_file is None, work_root=work_root)
+        return cls(
+            url=url,
+            display=mask_url(url),
+            sqlite_file=sqlite_file,
+            shared=sqlite_file is None,
+            work_root=work_root,
+        )
 
     def runs_dir(self) -> Path:
         """The folder that holds every study's folder."""
@@ -225,7 +245,9 @@ class TrackingLocation:
     sqlite_file: Path | None
 
     @classmethod
-    def resolve(cls, explicit: str | None, base_dir: Path | None = None, key: str = "tracking.mlflow_uri") -> TrackingLocation:
+    def resolve(
+        cls, explicit: str | None, base_dir: Path | None = None, key: str = "tracking.mlflow_uri"
+    ) -> TrackingLocation:
         """The given URI, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``; ``${NAME}`` expanded.
 
         Raises:
@@ -235,8 +257,10 @@ class TrackingLocation:
         if explicit is not None and has_masked_password(explicit):
             if not os.environ.get(TRACKING_ENV):
                 raise ConfigError(
-                    f"{key} {explicit}: its password was not stored with the study; set {TRACKING_ENV} to the full URI "
-                    "(or MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD for a tracking server, PGPASSWORD for PostgreSQL)"
+                    f"{key} {explicit}: its password was not stored with the study; set {TRACKING_ENV} to "
+                    "the "
+                    "full URI (or MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD for a tracking server, "
+                    "PGPASSWORD for PostgreSQL)"
                 )
             explicit = None
         if explicit is None and os.environ.get(TRACKING_ENV):
@@ -245,7 +269,9 @@ class TrackingLocation:
             raw = DEFAULT_TRACKING_URI if explicit is None else explicit
         uri = expand_env(raw.strip(), key)
         if not uri:
-            raise ConfigError(f"{key}: the tracking URI is empty; e.g. {DEFAULT_TRACKING_URI} or http://host:5000")
+            raise ConfigError(
+                f"{key}: the tracking URI is empty; e.g. {DEFAULT_TRACKING_URI} or http://host:5000"
+            )
         uri, sqlite_file = _absolute_sqlite(uri, key, Path.cwd() if base_dir is None else Path(base_dir))
         return cls(uri=uri, display=mask_url(uri), sqlite_file=sqlite_file)
 
@@ -256,7 +282,7 @@ class TrackingLocation:
 
 
 def stored_form(raw: str | None, resolved: str) -> str:
-    """What the study keeps of a URL: ``raw`` as written when it refers to ``${NAME}`` (no secret in it), else ``resolved`` masked."""
+    """What the study keeps of a URL: ``raw`` if it uses ``${NAME}`` (no secret), else ``resolved`` masked."""
     if raw is not None and _ENV_REFERENCE.search(raw) and _sqlite_database(raw) == "":
         return raw
     return mask_url(resolved)
@@ -283,7 +309,9 @@ def study_folder(root: Path, study_name: str) -> Path:
     """
     if not study_name:
         raise ConfigError("study.name: must not be empty")
-    encoded = "".join(ch if _SAFE.fullmatch(ch) else "".join(f"%{b:02X}" for b in ch.encode()) for ch in study_name)
+    encoded = "".join(
+        ch if _SAFE.fullmatch(ch) else "".join(f"%{b:02X}" for b in ch.encode()) for ch in study_name
+    )
     if encoded.startswith("."):
         encoded = "%2E" + encoded[1:]
     if encoded.endswith((" ", ".")):  # Windows-hostile and easy to misread

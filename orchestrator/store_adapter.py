@@ -63,16 +63,20 @@ def _installed(package: str) -> str:
 
 def _missing(package: str, tested: str, attribute: str) -> StoreAdapterError:
     return StoreAdapterError(
-        f"{package} {_installed(package)} has no {attribute} (ftsweep's store adapter is tested against {package} "
+        f"{package} {_installed(package)} has no {attribute} (ftsweep's store adapter is tested against "
+        f"{package} "
         f"{tested}); install {package}=={tested} or update orchestrator/store_adapter.py"
     )
 
 
 def _require(obj: Any, attribute: str, package: str, tested: str, where: str) -> Any:
     try:
-        return getattr(obj, attribute)
+        found = getattr(obj, attribute)
     except AttributeError:
         raise _missing(package, tested, f"{where}.{attribute}") from None
+    if getattr(found, "__isabstractmethod__", False):  # only a base class's declaration is left
+        raise _missing(package, tested, f"{where}.{attribute} (an implementation)")
+    return found
 
 
 # -- Optuna --
@@ -97,7 +101,9 @@ def trial_by_number(study: optuna.Study, number: int) -> optuna.trial.FrozenTria
     return storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study_id(study), number))
 
 
-def stored_trial(study: optuna.Study, trial: optuna.Trial | optuna.trial.FrozenTrial) -> optuna.trial.FrozenTrial:
+def stored_trial(
+    study: optuna.Study, trial: optuna.Trial | optuna.trial.FrozenTrial
+) -> optuna.trial.FrozenTrial:
     """``trial`` as the storage holds it now (its state and attributes after ``tell``)."""
     return study_storage(study).get_trial(trial_id(trial))
 
@@ -117,7 +123,9 @@ def rdb_storage(storage_or_study: Any) -> Any:
     backend = _require(storage, "_backend", "optuna", TESTED_OPTUNA, type(storage).__name__)
     if not isinstance(backend, optuna.storages.RDBStorage):
         raise StoreAdapterError(
-            f"optuna {_installed('optuna')}: {type(storage).__name__}._backend is a {type(backend).__name__}, not an "
+            f"optuna {_installed('optuna')}: {type(storage).__name__}._backend is a "
+            f"{type(backend).__name__}, "
+            "not an "
             f"RDBStorage (ftsweep's store adapter is tested against optuna {TESTED_OPTUNA})"
         )
     return backend
@@ -130,7 +138,9 @@ def record_heartbeats(storage_or_study: Any, trial_ids: list[int]) -> None:
         storage.record_heartbeat(identifier)
 
 
-def stale_trial_ids(storage_or_study: Any, study_identifier: int, heartbeat_seconds: int, grace_seconds: float) -> set[int]:
+def stale_trial_ids(
+    storage_or_study: Any, study_identifier: int, heartbeat_seconds: int, grace_seconds: float
+) -> set[int]:
     """RUNNING trials whose heartbeat is older than ``grace_seconds``, by the database's clock.
 
     Optuna's query (``RDBStorage._get_stale_trial_ids``) reads the storage's
@@ -163,7 +173,7 @@ def check_optuna() -> None:
 
 # -- MLflow --
 def mlflow_engine(client: Any) -> Any:
-    """The SQLAlchemy engine of an ``MlflowClient`` on a database store (``client._tracking_client.store.engine``).
+    """The SQLAlchemy engine of an ``MlflowClient`` on a database (``client._tracking_client.store.engine``).
 
     Returns None for a store without one (an HTTP tracking server, a file store).
     """
@@ -207,5 +217,5 @@ def move_artifact_locations(client: Any, old_root: Path, new_root: Path) -> int:
 
 
 def check_mlflow(client: Any) -> None:
-    """Raise :class:`StoreAdapterError` unless the MLflow attributes this module uses are where they were tested."""
+    """Raise :class:`StoreAdapterError` unless the MLflow attributes used here are where they were tested."""
     mlflow_engine(client)

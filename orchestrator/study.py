@@ -82,7 +82,9 @@ def open_storage(store: StoreLocation | str) -> optuna.storages.RDBStorage:
     try:
         storage = create_safely(
             path,
-            lambda: optuna.storages.RDBStorage(location.url, engine_kwargs=engine_kwargs, skip_compatibility_check=False),
+            lambda: optuna.storages.RDBStorage(
+                location.url, engine_kwargs=engine_kwargs, skip_compatibility_check=False
+            ),
         )
         if path is not None:
             _tune_sqlite(storage)
@@ -97,7 +99,7 @@ def open_storage(store: StoreLocation | str) -> optuna.storages.RDBStorage:
 
 
 def open_existing_storage(store: StoreLocation | str, study_name: str) -> optuna.storages.RDBStorage:
-    """The storage of a study that ``ftsweep run`` created: for ``status``, ``best``, ``ui``, ``resume``, ``worker``.
+    """The storage of a study ``ftsweep run`` made (for ``status``, ``best``, ``ui``, ``resume``, ``worker``).
 
     Unlike :func:`open_storage`, it never creates anything: a mistyped SQLite path or a URL of
     another database (the MLflow store, say) is an error naming it, not a new empty file or
@@ -132,11 +134,13 @@ _STORE_HINT = "pass --storage with the URL the study was run with (or set FTSWEE
 
 
 def require_store_file(store: StoreLocation | str, study_name: str) -> None:
-    """Raise :class:`StudyNotFound` when ``store`` is a SQLite file that does not exist (opening it would create it)."""
+    """Raise :class:`StudyNotFound` when ``store`` is a missing SQLite file (opening would create it)."""
     location = _location(store)
     path = location.sqlite_file
     if path is not None and not path.exists():
-        raise StudyNotFound(f"no study {study_name!r}: the storage {location.display} does not exist; {_STORE_HINT}")
+        raise StudyNotFound(
+            f"no study {study_name!r}: the storage {location.display} does not exist; {_STORE_HINT}"
+        )
 
 
 def require_study_tables(connection: Any, store: StoreLocation | str, study_name: str) -> None:
@@ -144,7 +148,9 @@ def require_study_tables(connection: Any, store: StoreLocation | str, study_name
     import sqlalchemy
 
     if not sqlalchemy.inspect(connection).has_table("studies"):
-        raise StudyNotFound(f"no study {study_name!r}: {_location(store).display} holds no Optuna studies; {_STORE_HINT}")
+        raise StudyNotFound(
+            f"no study {study_name!r}: {_location(store).display} holds no Optuna studies; {_STORE_HINT}"
+        )
 
 
 def null_pool_engine(store: StoreLocation | str) -> Any:
@@ -189,7 +195,9 @@ def study_names(storage: optuna.storages.RDBStorage) -> list[str]:
     return [summary.study_name for summary in storage.get_all_studies()]
 
 
-def create_study(sweep: Sweep, storage: optuna.storages.RDBStorage, sampler: Any, pruner: Any) -> optuna.Study:
+def create_study(
+    sweep: Sweep, storage: optuna.storages.RDBStorage, sampler: Any, pruner: Any
+) -> optuna.Study:
     """A new study holding the sweep file.
 
     Raises:
@@ -200,7 +208,8 @@ def create_study(sweep: Sweep, storage: optuna.storages.RDBStorage, sampler: Any
     name = sweep.study.name
     if name in study_names(storage):
         raise StudyExists(
-            f"study {name!r} already exists in {mask_url(storage.url)}; continue it with `ftsweep resume {name}` "
+            f"study {name!r} already exists in {mask_url(storage.url)}; "
+            f"continue it with `ftsweep resume {name}` "
             "or choose another study.name"
         )
     study = optuna.create_study(
@@ -211,7 +220,9 @@ def create_study(sweep: Sweep, storage: optuna.storages.RDBStorage, sampler: Any
     return study
 
 
-def load_study(name: str, storage: optuna.storages.RDBStorage, sampler: Any = None, pruner: Any = None) -> optuna.Study:
+def load_study(
+    name: str, storage: optuna.storages.RDBStorage, sampler: Any = None, pruner: Any = None
+) -> optuna.Study:
     """The study ``name``.
 
     Raises:
@@ -245,7 +256,9 @@ def stored_sweep(study: optuna.Study, opened: StoreLocation | None = None) -> Sw
     return validate_sweep(raw, base_dir=base_dir, source=f"study {study.study_name}")
 
 
-def rebase_on_store(raw: dict[str, Any], base_dir: Path, opened: StoreLocation) -> tuple[dict[str, Any], Path]:
+def rebase_on_store(
+    raw: dict[str, Any], base_dir: Path, opened: StoreLocation
+) -> tuple[dict[str, Any], Path]:
     """A stored sweep made to follow its SQLite store when the store was moved or copied.
 
     The rule: what sat in the study store's folder (or below it) when the sweep was stored
@@ -263,7 +276,11 @@ def rebase_on_store(raw: dict[str, Any], base_dir: Path, opened: StoreLocation) 
     old_root, new_root = move
 
     def moved(path: Path) -> Path | None:
-        return new_root / path.relative_to(old_root) if path.is_absolute() and path.is_relative_to(old_root) else None
+        return (
+            new_root / path.relative_to(old_root)
+            if path.is_absolute() and path.is_relative_to(old_root)
+            else None
+        )
 
     tracking = raw.get("tracking") or {}
     uri = tracking.get("mlflow_uri")
@@ -283,7 +300,7 @@ def rebase_on_store(raw: dict[str, Any], base_dir: Path, opened: StoreLocation) 
 
 
 def store_move(raw: dict[str, Any], opened: StoreLocation) -> tuple[Path, Path] | None:
-    """(the folder the SQLite store was in when the sweep was stored, the folder it is opened in), when they differ."""
+    """(the SQLite store's folder when the sweep was stored, the folder it is opened in), when they differ."""
     before = (raw.get("study") or {}).get("storage")
     try:
         old_file = StoreLocation.resolve(before).sqlite_file if isinstance(before, str) else None
@@ -337,7 +354,9 @@ def make_sampler(sweep: Sweep, space: SearchSpace, n_workers: int, seed_offset: 
     try:
         return factories[config.name](seed=seed, **options)
     except TypeError as error:
-        raise ConfigError(f"study.sampler: {config.name} does not accept these options ({error})", source=sweep.source) from None
+        raise ConfigError(
+            f"study.sampler: {config.name} does not accept these options ({error})", source=sweep.source
+        ) from None
 
 
 def make_pruner(sweep: Sweep, max_epochs: int | None) -> Any:
@@ -363,7 +382,9 @@ def make_pruner(sweep: Sweep, max_epochs: int | None) -> Any:
                 defaults["max_resource"] = max_epochs
             return pruners.HyperbandPruner(**{**defaults, **options})
     except (TypeError, ValueError) as error:
-        raise ConfigError(f"study.pruner: {config.name} does not accept these options ({error})", source=sweep.source) from None
+        raise ConfigError(
+            f"study.pruner: {config.name} does not accept these options ({error})", source=sweep.source
+        ) from None
     raise ConfigError(f"study.pruner.name: unknown pruner {config.name!r}", source=sweep.source)
 
 
@@ -414,4 +435,3 @@ def _version() -> str:
         return version("ftsweep")
     except Exception:  # noqa: BLE001 - running from a source tree without metadata
         return "unknown"
-

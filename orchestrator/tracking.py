@@ -111,8 +111,7 @@ def check_reachable(tracking: TrackingLocation | str) -> None:
     if path is not None:
         if not path.parent.is_dir():
             raise StorageError(f"{what}: the folder {path.parent} does not exist; create it, choose another URI {off}")
-        writable = os.access(path.parent, os.W_OK | os.X_OK) and (not path.exists() or os.access(path, os.R_OK | os.W_OK))
-        if not writable:
+        if not _writable(path):
             raise StorageError(
                 f"{what}: {path if path.exists() else path.parent} is not writable (MLflow writes the file and its "
                 f"journal in that folder); choose another URI {off}"
@@ -128,6 +127,23 @@ def check_reachable(tracking: TrackingLocation | str) -> None:
         raise StorageError(
             f"{what}: cannot reach {address[0]}:{address[1]} ({reason}); start the server, fix the URI {off}"
         ) from None
+
+
+def _writable(path: Path) -> bool:
+    """Whether a file can be created in ``path``'s folder and ``path`` opened for writing (tried, not guessed:
+    ``os.access`` says yes to root on a read-only mount)."""
+    import tempfile
+
+    try:
+        descriptor, probe = tempfile.mkstemp(dir=path.parent, prefix=".ftsweep-probe-")
+        os.close(descriptor)
+        os.unlink(probe)
+        if path.exists():
+            with open(path, "r+b"):
+                pass
+    except OSError:
+        return False
+    return True
 
 
 def _server_address(uri: str) -> tuple[str, int] | None:

@@ -101,7 +101,7 @@ def test_an_unknown_study_lists_the_ones_there(tmp_path: Path) -> None:
 @pytest.mark.parametrize("verb", ["status", "best", "resume", "ui"])
 def test_reading_a_study_from_a_storage_file_that_does_not_exist_creates_nothing(tmp_path: Path, verb: str) -> None:
     result = run_cli([verb, "mystudy", "--storage", "sqlite:///typo.db"], cwd=tmp_path)
-    assert_user_error(result, "no study 'mystudy'", "sqlite:///typo.db does not exist", "--storage")
+    assert_user_error(result, "no study 'mystudy'", "typo.db does not exist", "--storage")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -151,7 +151,7 @@ def test_ui_serves_the_studys_tracking_store(tmp_path: Path) -> None:
         assert process.stdout is not None
         first_line = process.stdout.readline()
         assert f"http://127.0.0.1:{port}" in first_line and "mlflow.db" in first_line
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 240  # the server imports MLflow and starts its workers first
         while True:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
@@ -159,10 +159,10 @@ def test_ui_serves_the_studys_tracking_store(tmp_path: Path) -> None:
                     break
             except OSError:
                 assert process.poll() is None, "the MLflow UI exited"
-                assert time.monotonic() < deadline, "the MLflow UI did not answer within 90 s"
+                assert time.monotonic() < deadline, "the MLflow UI did not answer within 240 s"
                 time.sleep(1)
         body = urllib.request.urlopen(
-            f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/get-by-name?experiment_name=shown", timeout=5
+            f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/get-by-name?experiment_name=shown", timeout=60
         ).read().decode()
         assert '"name": "shown"' in body or '"name":"shown"' in body
     finally:

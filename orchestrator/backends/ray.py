@@ -34,6 +34,7 @@ from orchestrator.backends._trial_process import TrialJob, make_job, run_job
 from orchestrator.backends.base import BaseBackend
 from orchestrator.errors import ConfigError, UserError
 from orchestrator.messages import EpochReport, Failed, Interrupted, Pruned, from_ray_result, to_ray_result
+from orchestrator.storage import study_folder
 
 if TYPE_CHECKING:
     from orchestrator.config import Sweep
@@ -278,7 +279,8 @@ class RayBackend(BaseBackend):
                     reuse_actors=False,
                 ),
                 run_config=tune.RunConfig(
-                    name=sweep.study.name,
+                    # Ray Tune joins storage_path and name: the study name becomes a folder only through study_folder.
+                    name=study_folder(self.work_dir / "ray_results", sweep.study.name).name,
                     storage_path=str(self.work_dir / "ray_results"),
                     failure_config=tune.FailureConfig(max_failures=self.max_retries),
                     verbose=0,
