@@ -42,7 +42,9 @@ class ParamSpec(BaseModel):
     step: float | None = Field(None, gt=0)
     log: bool = False
     choices: list[Any] | None = None
-    when: dict[str, list[Any]] | None = Field(None, description="Sample only when these parameters hold these values.")
+    when: dict[str, list[Any]] | None = Field(
+        None, description="Sample only when these parameters hold these values."
+    )
 
     @field_validator("low", "high", mode="before")
     @classmethod
@@ -127,9 +129,14 @@ class SearchSpace:
                         updates[bound] = _evaluate_symbol(value, symbols)
                     except KeyError as error:
                         known = ", ".join(sorted(symbols)) or "none"
-                        problems.append(f"{name}.{bound}: unknown symbol {error.args[0]!r}; this trainer provides: {known}")
+                        problems.append(
+                            f"{name}.{bound}: unknown symbol {error.args[0]!r}; "
+                            f"this trainer provides: {known}"
+                        )
             new = spec.model_copy(update=updates)
-            if spec.type != "categorical" and not any(isinstance(getattr(new, b), str) for b in ("low", "high")):
+            if spec.type != "categorical" and not any(
+                isinstance(getattr(new, b), str) for b in ("low", "high")
+            ):
                 try:
                     _check_bounds(new.type, float(new.low), float(new.high), new.log)  # type: ignore[arg-type]
                 except ValueError as error:
@@ -156,9 +163,21 @@ class SearchSpace:
             if spec.type == "categorical":
                 value = trial.suggest_categorical(name, spec.choices)
             elif spec.type == "int":
-                value = trial.suggest_int(name, int(spec.low), int(spec.high), step=int(spec.step or 1), log=spec.log)  # type: ignore[arg-type]
+                value = trial.suggest_int(
+                    name,
+                    int(spec.low),  # type: ignore[arg-type]
+                    int(spec.high),  # type: ignore[arg-type]
+                    step=int(spec.step or 1),
+                    log=spec.log,
+                )
             else:
-                value = trial.suggest_float(name, float(spec.low), float(spec.high), step=spec.step, log=spec.log)  # type: ignore[arg-type]
+                value = trial.suggest_float(
+                    name,
+                    float(spec.low),  # type: ignore[arg-type]
+                    float(spec.high),  # type: ignore[arg-type]
+                    step=spec.step,
+                    log=spec.log,
+                )
             sampled[name] = value
             context[name] = value
         return sampled
@@ -179,7 +198,9 @@ class SearchSpace:
             elif spec.step is not None:
                 low, high, step = float(spec.low), float(spec.high), float(spec.step)  # type: ignore[arg-type]
                 count = int(round((high - low) / step)) + 1
-                grid[name] = [round(low + i * step, 12) for i in range(count) if low + i * step <= high + 1e-12]
+                grid[name] = [
+                    round(low + i * step, 12) for i in range(count) if low + i * step <= high + 1e-12
+                ]
             else:
                 problems.append(
                     f"{name}: the grid sampler needs a 'step' for {spec.type} parameters "
@@ -190,7 +211,10 @@ class SearchSpace:
         return grid
 
     def to_dict(self) -> dict[str, Any]:
-        return {name: spec.model_dump(exclude_none=True, exclude_defaults=True) | {"type": spec.type} for name, spec in self.specs.items()}
+        return {
+            name: spec.model_dump(exclude_none=True, exclude_defaults=True) | {"type": spec.type}
+            for name, spec in self.specs.items()
+        }
 
 
 def is_active(spec: ParamSpec, context: Mapping[str, Any]) -> bool:
@@ -217,7 +241,9 @@ def available_spaces() -> list[str]:
     return sorted(path.stem for path in SPACES_DIR.glob("*.yaml"))
 
 
-def load_search_space(reference: str | Mapping[str, Any], base_dir: Path, key: str = "search_space") -> SearchSpace:
+def load_search_space(
+    reference: str | Mapping[str, Any], base_dir: Path, key: str = "search_space"
+) -> SearchSpace:
     """A search space from a shipped name, a file path (relative to ``base_dir``), or a mapping.
 
     Raises:
@@ -235,7 +261,8 @@ def load_search_space(reference: str | Mapping[str, Any], base_dir: Path, key: s
         path = SPACES_DIR / f"{reference}.yaml"
         if not path.exists():
             raise ConfigError(
-                f"{key}: unknown search space {reference!r}; shipped spaces: {', '.join(available_spaces())}, "
+                f"{key}: unknown search space {reference!r}; shipped spaces: "
+                f"{', '.join(available_spaces())}, "
                 "or give a path to a YAML file, or an inline mapping"
             )
     return parse_search_space(read_yaml_mapping(path, "search space file"), source=str(path))
@@ -251,7 +278,9 @@ def parse_search_space(data: dict[str, Any], source: str) -> SearchSpace:
     for name, body in data.items():
         seen.add(str(name))
         if not isinstance(body, Mapping):
-            problems.append(f"{name}: expected a mapping such as {{type: float, low: 0.0, high: 0.5}}, got {body!r}")
+            problems.append(
+                f"{name}: expected a mapping such as {{type: float, low: 0.0, high: 0.5}}, got {body!r}"
+            )
             continue
         try:
             spec = ParamSpec.model_validate(dict(body))
@@ -267,7 +296,8 @@ def parse_search_space(data: dict[str, Any], source: str) -> SearchSpace:
                 unknown = [value for value in allowed if value not in (specs[condition].choices or [])]
                 if unknown:
                     problems.append(
-                        f"{name}.when.{condition}: {unknown} not among {condition}'s choices {specs[condition].choices}"
+                        f"{name}.when.{condition}: {unknown} not among {condition}'s choices "
+                        f"{specs[condition].choices}"
                     )
         specs[str(name)] = spec
     if problems:

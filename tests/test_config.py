@@ -394,12 +394,15 @@ def test_a_search_space_file_with_a_key_given_twice_is_refused(tmp_path: Path) -
 
     space = tmp_path / "space.yaml"
     space.write_text(
-        "learning_rate: {type: float, low: 1.0e-5, high: 1.0e-3}\nlearning_rate: {type: float, low: 0.1, high: 1}\n",
+        "learning_rate: {type: float, low: 1.0e-5, high: 1.0e-3}\n"
+        "learning_rate: {type: float, low: 0.1, high: 1}\n",
         encoding="utf-8",
     )
     with pytest.raises(ConfigError) as caught:
         load_search_space(str(space), tmp_path)
-    assert str(caught.value) == f"{space}: line 2: duplicate key 'learning_rate' (first given on line 1); give each key once"
+    assert str(caught.value) == (
+        f"{space}: line 2: duplicate key 'learning_rate' (first given on line 1); give each key once"
+    )
 
 
 def test_yaml_file_holding_a_list(tmp_path: Path) -> None:

@@ -75,7 +75,7 @@ def test_missing_column_lists_the_columns(tmp_path: Path) -> None:
         f"trainer.data.train: {path} has no column 'txt'; its columns are: text, label; "
         "set trainer.data.text_column to the column that holds the text"
     )
-    with pytest.raises(DataError, match="; set trainer.data.label_column to the column that holds the label$"):
+    with pytest.raises(DataError, match="; set trainer.data.label_column to the column that holds the label"):
         read_table(path, "text", "labels", key="trainer.data.train")
 
 

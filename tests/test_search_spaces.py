@@ -116,7 +116,8 @@ def test_load_by_name(tmp_path: Path) -> None:
 def test_load_by_path_relative_to_the_sweep_folder(tmp_path: Path) -> None:
     (tmp_path / "spaces").mkdir()
     (tmp_path / "spaces" / "mine.yaml").write_text(
-        "lr: {type: float, low: 1.0e-5, high: 1.0e-3, log: true}\nbatch_size: {type: categorical, choices: [16, 32]}\n",
+        "lr: {type: float, low: 1.0e-5, high: 1.0e-3, log: true}\n"
+        "batch_size: {type: categorical, choices: [16, 32]}\n",
         encoding="utf-8",
     )
 

@@ -225,13 +225,17 @@ class BaseTrainer(ABC):
         return {}
 
     def fixed_params(self) -> dict[str, Any]:
-        """Parameter values the sweep file fixes through settings (``trainer.epochs`` is the parameter ``epochs``).
+        """Parameter values the sweep file fixes through settings (``trainer.epochs`` is ``epochs``).
 
         Only keys the file sets: a setting's default must not hide the parameter from a search space.
         """
         values = self.settings.model_dump()
         given = self.settings.model_fields_set
-        return {key: values[key] for key in self.settings_as_params if key in given and values.get(key) is not None}
+        return {
+            key: values[key]
+            for key in self.settings_as_params
+            if key in given and values.get(key) is not None
+        }
 
     def max_epochs(self, params: Mapping[str, Any]) -> int | None:
         """How many epochs a trial with these parameters reports at most (pruners use it)."""
@@ -302,4 +306,3 @@ def load_trainer_class(spec: str) -> type[BaseTrainer]:
             "a trainer is a class deriving from it"
         )
     return cls
-

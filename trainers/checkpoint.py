@@ -24,6 +24,7 @@ reports it in the trial's log and the trial starts over.
 from __future__ import annotations
 
 import base64
+import importlib
 import json
 import os
 import sys
@@ -75,11 +76,9 @@ def save_checkpoint(folder: Path, state: Mapping[str, Any]) -> Path:
     handle, temporary = tempfile.mkstemp(prefix=".state-", suffix=".tmp", dir=folder)
     os.close(handle)
     try:
-        if tensors:
-            from safetensors.torch import save_file
-        else:  # no tensors: no need to import torch for an empty tensor section
-            from safetensors.numpy import save_file
-        save_file(tensors, temporary, metadata=metadata)
+        # No tensors: the numpy writer, so a trainer that never imports torch does not pay for it here.
+        writer: Any = importlib.import_module("safetensors.torch" if tensors else "safetensors.numpy")
+        writer.save_file(tensors, temporary, metadata=metadata)
         with open(temporary, "rb+") as stream:
             os.fsync(stream.fileno())
         os.replace(temporary, target)

@@ -44,7 +44,9 @@ class DataSettings(StrictModel):
     )
     test: str | None = Field(
         None,
-        description="Test file, evaluated once at the end of a trial with its best weights; never used to select.",
+        description=(
+            "Test file, evaluated once at the end of a trial with its best weights; never used to select."
+        ),
     )
     text_column: str = Field("text", min_length=1, description="The column that holds the text.")
     label_column: str = Field("label", min_length=1, description="The column that holds the label.")
@@ -70,7 +72,8 @@ class DataSettings(StrictModel):
         if self.text_column == self.label_column:
             raise ValueError(
                 f"text_column and label_column are both {self.text_column!r}: the model would read its "
-                "own label; set trainer.data.text_column and trainer.data.label_column to two different columns"
+                "own label; set trainer.data.text_column and trainer.data.label_column "
+                "to two different columns"
             )
         return self
 
@@ -154,7 +157,8 @@ def read_table(
     suffix = path.suffix.lower()
     if suffix not in ALLOWED_EXTENSIONS:
         raise DataError(
-            f"{prefix}{path} has the extension {path.suffix or '(none)'!r}; allowed: {', '.join(ALLOWED_EXTENSIONS)}"
+            f"{prefix}{path} has the extension {path.suffix or '(none)'!r}; allowed: "
+            f"{', '.join(ALLOWED_EXTENSIONS)}"
         )
     if not path.exists():
         raise DataError(f"{prefix}{path} does not exist")
@@ -170,7 +174,8 @@ def read_table(
     ):
         if column not in columns:
             raise DataError(
-                f"{prefix}{path} has no column {column!r}; its columns are: {', '.join(map(str, columns)) or '(none)'}; "
+                f"{prefix}{path} has no column {column!r}; its columns are: "
+                f"{', '.join(map(str, columns)) or '(none)'}; "
                 f"set {setting} to the column that holds the {what}"
             )
     texts, labels = rows[text_column], rows[label_column]
@@ -272,7 +277,8 @@ def _refuse_missing_markers(labels: list[str], where: str, column: str) -> None:
         found = sorted({labels[number - 1] for number in bad})
         raise DataError(
             f"{where} has a missing label written as {' / '.join(map(repr, found))} in column {column!r} "
-            f"({_describe_rows(bad)}); it would train as a class of its own: fill in those labels or remove the rows"
+            f"({_describe_rows(bad)}); it would train as a class of its own: "
+            "fill in those labels or remove the rows"
         )
 
 
@@ -345,7 +351,8 @@ def _require_known_labels(split: Split, labels: list[str], key: str) -> None:
     if unknown_rows:
         unseen = sorted({split.labels[number - 1] for number in unknown_rows})
         raise DataError(
-            f"{key}: {split.source} has labels the training data lacks: {', '.join(map(repr, unseen[:_ROWS_SHOWN]))} "
+            f"{key}: {split.source} has labels the training data lacks: "
+            f"{', '.join(map(repr, unseen[:_ROWS_SHOWN]))} "
             f"({_describe_rows(unknown_rows)}); the training labels are: {', '.join(labels)}"
         )
 

@@ -98,7 +98,8 @@ CHECK_EXAMPLES = 8
 #: Largest relative difference (Frobenius norm) the self-check accepts, by storage/compute precision.
 CHECK_TOLERANCE = {"exact": 1e-3, "half": 5e-2}
 #: Most bytes of intermediate-depth entries one fill of one split writes besides its own entry
-#: (see "Intermediate depths" above); :class:`FrozenFeatureCache` takes another bound as ``intermediate_bytes``.
+#: (see "Intermediate depths" above); :class:`FrozenFeatureCache` takes another bound as
+#: ``intermediate_bytes``.
 INTERMEDIATE_BYTES = 4 * 2**30
 #: Intermediate-depth entries are written only while the disk keeps at least this much free space
 #: after them and the fill's own entry.
@@ -270,7 +271,7 @@ class FeatureStore:
         return int(self.states.shape[0]) * self.hidden * _numpy_dtype(self.dtype).itemsize
 
     def positions(self, rows: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(mask, index)``: the batch's attention mask (rows x width) and the flat rows of its real positions."""
+        """``(mask, index)``: the batch's attention mask (rows x width), the flat rows of its real tokens."""
         import torch
 
         rows_t = torch.as_tensor(list(rows), dtype=torch.long)
@@ -282,7 +283,7 @@ class FeatureStore:
         return mask, index
 
     def batch(self, rows: Sequence[int]) -> torch.Tensor:
-        """The states of ``rows``, zero-padded to their longest: ``(len(rows), width, hidden)``, storage dtype, CPU."""
+        """The states of ``rows``, zero-padded to their longest: ``(len(rows), width, hidden)``, CPU."""
         mask, index = self.positions(rows)
         if self.in_memory:
             values = self.states[index]
@@ -339,7 +340,8 @@ class _ModelPatch:
             input_ids = kwargs.get("input_ids", args[0] if args else None)
             if input_ids is not None and tuple(input_ids.shape) != tuple(self.served.shape[:2]):
                 raise RuntimeError(
-                    f"feature cache: served states of shape {tuple(self.served.shape)} for input ids of shape "
+                    f"feature cache: served states of shape {tuple(self.served.shape)} for input ids of "
+                    "shape "
                     f"{tuple(input_ids.shape)}"
                 )
             return self.served
@@ -566,8 +568,10 @@ class FrozenFeatureCache:
         tolerance = CHECK_TOLERANCE["exact" if exact else "half"]
         if not error <= tolerance:
             self.log(
-                f"feature cache off: with the cache, the last layer's output differs by {error:.2e} (relative) "
-                f"from the model's own on {len(rows)} {name} examples; {type(self.model).__name__} runs uncached"
+                f"feature cache off: with the cache, the last layer's output differs by {error:.2e} "
+                "(relative) "
+                f"from the model's own on {len(rows)} {name} examples; {type(self.model).__name__} runs "
+                "uncached"
             )
             return False
         return True
@@ -687,7 +691,8 @@ class FrozenFeatureCache:
         chosen = _spread(missing, max(0, allowed) // nbytes)
         if len(chosen) < len(missing):
             self.log(
-                f"feature cache: {len(missing) - len(chosen)} of {len(missing)} intermediate depths not stored "
+                f"feature cache: {len(missing) - len(chosen)} of {len(missing)} intermediate depths not "
+                "stored "
                 f"({nbytes / 2**20:.1f} MiB each; bound {self.intermediate_bytes / 2**20:.0f} MiB per fill "
                 f"and {DISK_RESERVE_BYTES / 2**20:.0f} MiB of free disk kept)"
             )
@@ -764,6 +769,7 @@ class FrozenFeatureCache:
         if in_memory:
             states: Any = torch.empty((total, hidden), dtype=storage)
         else:
+            assert folder is not None, "states not held in memory go to a folder"
             states = np.lib.format.open_memmap(
                 folder / "states.npy", mode="w+", dtype=_numpy_dtype(self.dtype), shape=(total, hidden)
             )
@@ -798,8 +804,9 @@ class FrozenFeatureCache:
                         states[index] = values
                     else:
                         states[index.numpy()] = _to_numpy(values)
-                    for depth in depths:
-                        also.write(depth, index, passing[depth][on_device].to("cpu", storage))
+                    if also is not None:
+                        for depth in depths:
+                            also.write(depth, index, passing[depth][on_device].to("cpu", storage))
         finally:
             for handle in handles:
                 handle.remove()
@@ -808,6 +815,7 @@ class FrozenFeatureCache:
                 save_array(folder / "states.npy", _to_numpy(states))
             return states
         states.flush()
+        assert folder is not None
         with open(folder / "states.npy", "rb+") as stream:
             os.fsync(stream.fileno())
         del states
@@ -925,6 +933,7 @@ class _Intermediates:
                 save_array(folder / "lengths.npy", _lengths_array(self.lengths))
                 save_json(folder / "meta.json", {**meta, "depth": depth})
                 fsync_path(folder)
+                assert self.root is not None
                 move_into_place(folder, self.root, key)
                 published.append(depth)
             except OSError:

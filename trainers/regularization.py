@@ -343,10 +343,12 @@ class L2SP:
 
 def _grads(params: list[torch.Tensor]) -> list[torch.Tensor]:
     """The ``.grad`` of each parameter, created as zeros where a parameter got no gradient."""
+    grads = []
     for parameter in params:
         if parameter.grad is None:
             parameter.grad = torch.zeros_like(parameter)
-    return [parameter.grad for parameter in params]
+        grads.append(parameter.grad)
+    return grads
 
 
 def pretrained_parameters(model: nn.Module, new_parameters: Iterable[str] = ()) -> list[nn.Parameter]:

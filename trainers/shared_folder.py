@@ -49,6 +49,7 @@ def exclusive_lock(path: Path, *, wait: bool = True) -> Iterator[bool]:
     With ``wait=False`` a lock held by someone else raises :class:`BlockingIOError` at once
     instead of waiting for it.
     """
+    fcntl: Any
     try:
         import fcntl
     except ImportError:  # not POSIX

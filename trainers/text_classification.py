@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     import torch
 
     from trainers.data import LabelledData
+    from trainers.feature_cache import FrozenFeatureCache
 
 PACKAGE_SCHEME = "package:"
 WEIGHT_FILES = (
@@ -64,8 +65,9 @@ class TextClassificationSettings(StrictModel):
     model: str = Field(
         min_length=1,
         description=(
-            "A folder saved with save_pretrained (relative to the sweep file), 'package:<python_package>/<folder>' "
-            "for a model shipped inside an installed package, or a Hugging Face id already in the local cache."
+            "A folder saved with save_pretrained (relative to the sweep file), "
+            "'package:<python_package>/<folder>' for a model shipped inside an installed package, "
+            "or a Hugging Face id already in the local cache."
         ),
     )
     data: DataSettings = Field(description="The labelled data: files and columns.")
@@ -136,7 +138,9 @@ class TextClassificationParams(StrictModel):
     gradient_accumulation_steps: int = Field(
         1,
         ge=1,
-        description="Split each batch into this many forward passes; the step still sees batch_size examples.",
+        description=(
+            "Split each batch into this many forward passes; the step still sees batch_size examples."
+        ),
     )
     weight_decay: float = Field(
         0.0, ge=0, description="Decoupled weight decay (not on biases and norm weights)."
@@ -155,7 +159,9 @@ class TextClassificationParams(StrictModel):
     freeze_depth: int = Field(
         0,
         ge=0,
-        description="Freeze the embeddings and this many lowest encoder layers; num_layers trains only the head.",
+        description=(
+            "Freeze the embeddings and this many lowest encoder layers; num_layers trains only the head."
+        ),
     )
     layerwise_lr_decay: float = Field(
         1.0, gt=0, le=1, description="Each layer further below the head learns this factor slower."
@@ -264,8 +270,8 @@ class TextClassificationTrainer(BaseTrainer):
         layers = int(self.model_config().num_hidden_layers)
         if isinstance(depth, int) and depth > layers:
             return {
-                "freeze_depth": f"{depth} is more than the {layers} encoder layers of {self.settings.model!r}; "
-                f"allowed: 0 to {layers} (a search space may say num_layers)"
+                "freeze_depth": f"{depth} is more than the {layers} encoder layers of "
+                f"{self.settings.model!r}; allowed: 0 to {layers} (a search space may say num_layers)"
             }
         return {}
 
@@ -414,8 +420,8 @@ def _require_classifier_family(value: str, config: Any) -> None:
 
     if config.model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
         raise ModelError(
-            f"trainer.model: {value!r} is a {config.model_type!r} model, which has no sequence-classification "
-            "head in transformers (AutoModelForSequenceClassification)"
+            f"trainer.model: {value!r} is a {config.model_type!r} model, which has no "
+            "sequence-classification head in transformers (AutoModelForSequenceClassification)"
         )
 
 
@@ -423,7 +429,8 @@ def _require_weights(value: str, path: str) -> None:
     folder = Path(path)
     if folder.is_dir() and not any((folder / name).exists() for name in WEIGHT_FILES):
         raise ModelError(
-            f"trainer.model: {value!r}: the folder {folder} has no weights (expected one of: {', '.join(WEIGHT_FILES)})"
+            f"trainer.model: {value!r}: the folder {folder} has no weights (expected one of: "
+            f"{', '.join(WEIGHT_FILES)})"
         )
 
 
@@ -469,7 +476,9 @@ def _require_whole_weights(value: str, path: str) -> None:
                 "download or copy the model again"
             ) from None
         except OSError as error:
-            raise ModelError(f"trainer.model: {value!r}: cannot read the weights file {file}: {error}") from None
+            raise ModelError(
+                f"trainer.model: {value!r}: cannot read the weights file {file}: {error}"
+            ) from None
 
 
 #: A tokenizer with fewer ordinary (not special) tokens than this holds only what transformers
@@ -508,8 +517,9 @@ def _require_plausible_tokenizer(value: str, path: str, tokenizer: Any, texts: l
     if total and unknown / total > MAX_UNKNOWN_SHARE:
         raise ModelError(
             f"trainer.model: {value!r}: the tokenizer of {where} maps {unknown / total:.0%} of the tokens of "
-            f"{len(sample)} training texts to its unknown token {tokenizer.unk_token!r}: it does not fit this "
-            "data (another model's tokenizer, or another language); use the tokenizer the model was trained with"
+            f"{len(sample)} training texts to its unknown token {tokenizer.unk_token!r}: it does not fit "
+            "this data (another model's tokenizer, or another language); "
+            "use the tokenizer the model was trained with"
         )
 
 
@@ -578,7 +588,7 @@ class _Trial:
     # ---- setup ---------------------------------------------------------------------------
 
     def run(self) -> dict[str, float]:
-        """Set up, resume if a checkpoint exists, train the remaining epochs and return the best epoch's metrics."""
+        """Set up, resume from a checkpoint if any, train the remaining epochs; the best epoch's metrics."""
         import torch
 
         started, cpu_started = time.perf_counter(), time.process_time()
@@ -587,7 +597,7 @@ class _Trial:
         self._setup_device()
         self._setup_data()
         self._setup_model()
-        self.features = None
+        self.features: FrozenFeatureCache | None = None
         try:
             self._setup_features()
             self._setup_optimization()
@@ -750,7 +760,8 @@ class _Trial:
             for name in names:
                 if name == "train" and augmented:
                     self.ctx.log(
-                        f"feature cache: train not cached ({params.augmentation} augmentation changes its ids)"
+                        "feature cache: train not cached "
+                        f"({params.augmentation} augmentation changes its ids)"
                     )
                     continue
                 tokens = self.tokens[name]
@@ -768,7 +779,7 @@ class _Trial:
         self.features = cache
 
     def _forward_only(self, inputs: dict[str, torch.Tensor]) -> Any:
-        """The model on a CPU batch, moved to the device, under the trial's autocast (for the feature cache)."""
+        """The model on a CPU batch, moved to the device, under the trial's autocast (feature cache)."""
         with self.autocast():
             return self.model(**self._to_device(inputs))
 
@@ -852,7 +863,8 @@ class _Trial:
                 self.scheduler.load_state_dict(state["scheduler"])
             except (KeyError, TypeError, ValueError, RuntimeError) as error:
                 problem = f"its optimizer or scheduler state does not fit ({type(error).__name__}: {error})"
-                self._setup_optimization()  # a fresh optimizer: the failed load may have left part of its state
+                # A fresh optimizer: the failed load may have left part of its state behind.
+                self._setup_optimization()
         if problem is not None:
             self.ctx.log(
                 f"WARNING: checkpoint in {self.ctx.checkpoint_dir} cannot be used: {problem}; "
@@ -870,7 +882,7 @@ class _Trial:
         return int(state["epoch"]) + 1
 
     def _checkpoint_problem(self, state: dict[str, Any]) -> str | None:
-        """What makes a loaded state unusable for this trial (checked before anything is restored), or None."""
+        """What makes a loaded state unusable for this trial, or None; checked before anything is restored."""
         import torch
 
         missing = [key for key in _STATE_KEYS if key not in state]
@@ -1115,7 +1127,7 @@ def _restore_rng(state: dict[str, Any], on_cuda: bool) -> None:
 
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
-    """Silence the expected "newly initialized classifier weights" notice and the progress bar while loading."""
+    """Silence the expected "newly initialized classifier weights" notice and the progress bar."""
     from transformers.utils import logging
 
     level = logging.get_verbosity()
