@@ -6,7 +6,8 @@ over a pipe (:class:`~orchestrator.messages.StartRun`, :class:`~orchestrator.mes
 :meth:`RunWriter.handle` dispatches them through an explicit table. The writer answers with
 :class:`~orchestrator.messages.RunCreated`, :class:`~orchestrator.messages.WriterError` and
 :class:`~orchestrator.messages.WriterClosed`. This module imports nothing from
-:mod:`orchestrator.tracking` (which builds on it). MLflow's store code is pure Python, so in the driver's process it would take
+:mod:`orchestrator.tracking` (which builds on it).
+MLflow's store code is pure Python, so in the driver's process it would take
 the interpreter lock from the scheduler for about 20 ms per trial; here it runs on its own core.
 
 Batching. A run's params, tags and metrics are gathered for up to ``flush_seconds`` and written
@@ -142,7 +143,11 @@ class RunWriter:
             run_id = message.run_id
             if run_id is None and message.rerun_of is not None:
                 run_id = self._run_of_trial(message.rerun_of)
-            run_id = self._reopen(run_id, message.number, message.device) if run_id else self._create(message.number, message.device)
+            run_id = (
+                self._reopen(run_id, message.number, message.device)
+                if run_id
+                else self._create(message.number, message.device)
+            )
         except Exception:
             self.send(RunCreated(message.key, None))
             raise
@@ -154,17 +159,21 @@ class RunWriter:
         self._batch(message.key).tags.update(message.tags)
 
     def on_metrics(self, message: LogMetrics) -> None:
-        self._batch(message.key).metrics.extend(metric_entities(message.metrics, message.step, message.timestamp))
+        self._batch(message.key).metrics.extend(
+            metric_entities(message.metrics, message.step, message.timestamp)
+        )
 
     def on_best(self, message: SetBest) -> None:
         from mlflow.entities import Metric
 
         batch = self._batch(STUDY_RUN)
         batch.metrics.append(Metric("best_value", float(message.value), message.timestamp, message.number))
-        batch.tags.update({
-            "best_trial": str(message.number),
-            "best_params": json.dumps(dict(message.params), default=str)[:5000],
-        })
+        batch.tags.update(
+            {
+                "best_trial": str(message.number),
+                "best_params": json.dumps(dict(message.params), default=str)[:5000],
+            }
+        )
 
     def on_end(self, message: EndRun) -> None:
         """Close a trial's run: what it still has pending goes with its final metrics, in one call."""
@@ -184,7 +193,9 @@ class RunWriter:
             self.client.log_text(run_id, message.traceback_text, "traceback.txt")
         for name, path in (message.artifacts or {}).items():
             self.client.log_artifact(run_id, path, name)
-        self.client.set_terminated(run_id, status=_MLFLOW_STATUS.get(message.state, "FINISHED"), end_time=message.timestamp)
+        self.client.set_terminated(
+            run_id, status=_MLFLOW_STATUS.get(message.state, "FINISHED"), end_time=message.timestamp
+        )
 
     def on_artifacts(self, message: LogArtifacts) -> None:
         self.client.log_artifacts(message.run_id, message.folder, message.artifact_path)
@@ -226,7 +237,9 @@ class RunWriter:
         from mlflow.entities import RunTag
 
         tags = [RunTag(key, value) for key, value in batch.tags.items()]
-        log_batches(self.client, run_id, metrics=batch.metrics, params=param_entities(batch.params), tags=tags)
+        log_batches(
+            self.client, run_id, metrics=batch.metrics, params=param_entities(batch.params), tags=tags
+        )
 
     # -- runs --
     def _create(self, number: int, device: str) -> str:
@@ -246,11 +259,13 @@ class RunWriter:
 
     def _child_runs(self, extra_filter: str = "") -> list[Any]:
         study = self.study_name.replace("'", "\\'")
-        return list(self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{STUDY_TAG}` = '{study}' and tags.`{ROLE_TAG}` = 'trial'{extra_filter}",
-            max_results=1000,
-        ))
+        return list(
+            self.client.search_runs(
+                [self.experiment_id],
+                filter_string=f"tags.`{STUDY_TAG}` = '{study}' and tags.`{ROLE_TAG}` = 'trial'{extra_filter}",
+                max_results=1000,
+            )
+        )
 
     def _run_of_trial(self, number: int) -> str | None:
         """The child run of trial ``number`` (its id had not reached the study when its driver died)."""
@@ -262,10 +277,15 @@ class RunWriter:
         from mlflow.entities import RunTag
 
         for run in self._child_runs(" and attributes.status = 'RUNNING'"):
-            self.client.log_batch(run.info.run_id, tags=[
-                RunTag(STATE_TAG, "INTERRUPTED"),
-                RunTag(REASON_TAG, "its driver stopped before the trial ended; `ftsweep resume` re-runs it"),
-            ])
+            self.client.log_batch(
+                run.info.run_id,
+                tags=[
+                    RunTag(STATE_TAG, "INTERRUPTED"),
+                    RunTag(
+                        REASON_TAG, "its driver stopped before the trial ended; `ftsweep resume` re-runs it"
+                    ),
+                ],
+            )
             self.client.set_terminated(run.info.run_id, status="KILLED")
 
     def _reopen(self, run_id: str, number: int, device: str) -> str:
@@ -273,12 +293,15 @@ class RunWriter:
 
         previous = self.client.get_run(run_id).data.tags.get(TRIAL_TAG, "")
         self.client.update_run(run_id, status="RUNNING")
-        self.client.log_batch(run_id, tags=[
-            RunTag(STATE_TAG, "RUNNING"),
-            RunTag(TRIAL_TAG, str(number)),
-            RunTag("ftsweep.earlier_trial_numbers", previous),
-            RunTag(DEVICE_TAG, device),
-        ])
+        self.client.log_batch(
+            run_id,
+            tags=[
+                RunTag(STATE_TAG, "RUNNING"),
+                RunTag(TRIAL_TAG, str(number)),
+                RunTag("ftsweep.earlier_trial_numbers", previous),
+                RunTag(DEVICE_TAG, device),
+            ],
+        )
         return run_id
 
 
@@ -302,7 +325,9 @@ def param_entities(params: Mapping[str, Any]) -> list[Any]:
     return [Param(str(key), str(value)[:MAX_PARAM_LENGTH]) for key, value in params.items()]
 
 
-def metric_entities(metrics: Mapping[str, float], step: int | None, timestamp: int, prefix: str = "") -> list[Any]:
+def metric_entities(
+    metrics: Mapping[str, float], step: int | None, timestamp: int, prefix: str = ""
+) -> list[Any]:
     """MLflow metrics from the finite numbers of ``metrics`` (NaN and infinities are left out)."""
     from mlflow.entities import Metric
 
@@ -360,12 +385,21 @@ def main(argv: list[str]) -> int:
         send(WriterError(f"MLflow: {type(error).__name__}: {error}"))
         send(WriterClosed())
         return 1
-    writer = RunWriter(client, setup.experiment_id, setup.study_name, setup.parent_run_id, setup.flush_seconds, send)
+    writer = RunWriter(
+        client, setup.experiment_id, setup.study_name, setup.parent_run_id, setup.flush_seconds, send
+    )
     ready_cpu = time.process_time()
     serve(incoming, writer)
     # What the trials cost here, start-up and close apart: `bench/mlflow_share.py` reports it.
-    send(WriterClosed({"startup_cpu_seconds": ready_cpu, "trials_cpu_seconds": writer.close_cpu_seconds - ready_cpu,
-                       "cpu_seconds": time.process_time()}))
+    send(
+        WriterClosed(
+            {
+                "startup_cpu_seconds": ready_cpu,
+                "trials_cpu_seconds": writer.close_cpu_seconds - ready_cpu,
+                "cpu_seconds": time.process_time(),
+            }
+        )
+    )
     return 0
 
 

@@ -52,8 +52,9 @@ def driver_lock(work_dir: Path, study_name: str) -> Iterator[None]:
         except BlockingIOError:
             holder = _read(fd) or "another process"
             raise StudyBusy(
-                f"study {study_name!r} is already being run by ftsweep ({holder}); two drivers would overshoot "
-                f"its budget. Wait for it to finish, or stop it (Ctrl-C) and then run `ftsweep resume {study_name}`"
+                f"study {study_name!r} is already being run by ftsweep ({holder}); two drivers would "
+                "overshoot its budget. Wait for it to finish, or stop it (Ctrl-C) and then run "
+                f"`ftsweep resume {study_name}`"
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"host {socket.gethostname()}, pid {os.getpid()}".encode(), 0)

@@ -66,7 +66,9 @@ TrialMessage = EpochReport | TrialOutcome
 
 #: The one key of a Tune result that holds an ftsweep message.
 RAY_KEY = "ftsweep"
-_BY_NAME: dict[str, type] = {cls.__name__: cls for cls in (EpochReport, Completed, Pruned, Failed, Interrupted)}
+_BY_NAME: dict[str, type] = {
+    cls.__name__: cls for cls in (EpochReport, Completed, Pruned, Failed, Interrupted)
+}
 
 
 def to_ray_result(message: TrialMessage, device: str) -> dict[str, Any]:

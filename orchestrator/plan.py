@@ -138,7 +138,9 @@ def _check_sampler_and_pruner(plan: SweepPlan) -> None:
 
 
 def _uses_symbols(space: SearchSpace) -> bool:
-    return any(isinstance(getattr(spec, bound), str) for spec in space.specs.values() for bound in ("low", "high"))
+    return any(
+        isinstance(getattr(spec, bound), str) for spec in space.specs.values() for bound in ("low", "high")
+    )
 
 
 def _check_params(trainer_cls: type[BaseTrainer], fixed: dict[str, Any]) -> list[str]:
@@ -188,10 +190,11 @@ def _check_space(trainer_cls: type[BaseTrainer], space: SearchSpace, fixed: dict
                 trainer_cls.Params.model_validate({**fixed, name: value})
             except ValidationError as error:
                 reasons = [
-                    line.split(": ", 1)[-1] for line in describe_validation_error(error, trainer_cls.Params) if line.startswith(name)
+                    line.split(": ", 1)[-1]
+                    for line in describe_validation_error(error, trainer_cls.Params)
+                    if line.startswith(name)
                 ]
                 if reasons:
                     problems.append(f"search_space.{name}: value {value!r} is not allowed: {reasons[0]}")
                     break
     return problems
-

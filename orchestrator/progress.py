@@ -102,7 +102,11 @@ class Progress:
 
     def summary(self) -> str:
         done = self.already + self.finished
-        best = f"best {self.metric} {self.best_value:.4f} (trial {self.best_trial})" if self.best_value is not None else "no best yet"
+        best = (
+            f"best {self.metric} {self.best_value:.4f} (trial {self.best_trial})"
+            if self.best_value is not None
+            else "no best yet"
+        )
         elapsed = time.monotonic() - self.started
         remaining = self.budget - done
         eta = ""

@@ -37,7 +37,17 @@ from trainers.base import TrialContext, TrialDiverged, TrialPruned, load_trainer
 if TYPE_CHECKING:
     from orchestrator.session import StudySession, TrialHandle
 
-__all__ = ["CONTINUE", "PRUNE", "STOP", "DriverGone", "TrialInterrupted", "TrialJob", "make_job", "run_job", "trial_main"]
+__all__ = [
+    "CONTINUE",
+    "PRUNE",
+    "STOP",
+    "DriverGone",
+    "TrialInterrupted",
+    "TrialJob",
+    "make_job",
+    "run_job",
+    "trial_main",
+]
 
 
 class TrialInterrupted(Exception):  # noqa: N818
@@ -121,7 +131,9 @@ def trial_main(conn: Connection, job: TrialJob, lifeline: Connection | None = No
     except OSError as error:
         if not is_disk_full(error):
             raise
-        _send_or_exit(conn, Interrupted(f"no space left on device for the trial's log {job.log_path}", disk_full=True))
+        _send_or_exit(
+            conn, Interrupted(f"no space left on device for the trial's log {job.log_path}", disk_full=True)
+        )
         return
 
     def reporter(epoch: int, metrics: dict[str, float]) -> bool:
@@ -183,8 +195,13 @@ def run_job(job: TrialJob, reporter: Any) -> TrialOutcome:
             # Once, with what the trainer says needs less memory (the text trainer: half the per-step batch).
             params = trainer_cls.Params.model_validate(retry).model_dump()
             context.params = params
-            changed = ", ".join(f"{key}={value}" for key, value in retry.items() if job.params.get(key) != value)
-            print(f"out of memory ({error}); retrying with {changed or 'the parameters the trainer gave'}", flush=True)
+            changed = ", ".join(
+                f"{key}={value}" for key, value in retry.items() if job.params.get(key) != value
+            )
+            print(
+                f"out of memory ({error}); retrying with {changed or 'the parameters the trainer gave'}",
+                flush=True,
+            )
             _free_accelerator_memory()
             try:
                 result = trainer.run(context)

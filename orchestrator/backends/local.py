@@ -89,7 +89,9 @@ class LocalBackend(BaseBackend):
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
         plan = session.plan
-        context = process_context(tuple(plan.trainer_cls.preload_modules) + _user_module(plan.sweep.trainer.name))
+        context = process_context(
+            tuple(plan.trainer_cls.preload_modules) + _user_module(plan.sweep.trainer.name)
+        )
         free = list(self.slots)
         running: dict[Connection, _Running] = {}
         retry_at = 0.0
@@ -212,12 +214,16 @@ class LocalBackend(BaseBackend):
             session.interrupt(entry.handle, _death_reason(code))
         else:
             reason = _death_reason(code)
-            session.fail(entry.handle, reason, f"{reason}\nSee the trial's log: {self.log_dir}/trial-{entry.handle.number}.log")
+            session.fail(
+                entry.handle,
+                reason,
+                f"{reason}\nSee the trial's log: {self.log_dir}/trial-{entry.handle.number}.log",
+            )
         entry.close()
         return True
 
     def _must_stop(self, session: StudySession) -> bool:
-        """Running trials stop after their epoch on a signal, or when the disk is full (they could not checkpoint)."""
+        """Running trials stop after their epoch on a signal, or on a full disk (no room to checkpoint)."""
         if session.stop_reason is StopReason.DISK_FULL:
             return True
         return session.stop_reason is StopReason.SIGNAL and self._interrupts > 0
@@ -300,4 +306,3 @@ def _user_module(trainer_name: str) -> tuple[str, ...]:
 
     path = BUILTIN_TRAINERS.get(trainer_name, trainer_name)
     return (path.partition(":")[0],) if ":" in path else ()
-

@@ -115,7 +115,9 @@ class StudySearcher:
 
         class _StudySearcher(Searcher):
             def __init__(self) -> None:
-                super().__init__(metric=bridge.session.metric, mode="max" if bridge.session.maximize else "min")
+                super().__init__(
+                    metric=bridge.session.metric, mode="max" if bridge.session.maximize else "min"
+                )
 
             def suggest(self, trial_id: str) -> dict[str, Any] | None:
                 session = bridge.session
@@ -138,7 +140,9 @@ class StudySearcher:
             def restore(self, checkpoint_path: str) -> None:
                 return None
 
-            def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+            def on_trial_complete(
+                self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+            ) -> None:
                 handle = bridge.handles.pop(trial_id, None)
                 if handle is None:
                     return
@@ -149,7 +153,9 @@ class StudySearcher:
                 elif final is None and session.stop_reason and not error:
                     final = Interrupted("stopped")
                 elif final is None:
-                    final = Failed("the trial's Ray actor failed (node lost or process died) and its retries ran out")
+                    final = Failed(
+                        "the trial's Ray actor failed (node lost or process died) and its retries ran out"
+                    )
                 session.end(handle, final)
 
         return _StudySearcher()
@@ -196,7 +202,9 @@ class StudyScheduler:
                 return inner.choose_trial_to_run(controller)
 
             def debug_string(self) -> str:
-                return "ftsweep: Optuna pruner through the study" + (f" + {inner.debug_string()}" if inner else "")
+                return "ftsweep: Optuna pruner through the study" + (
+                    f" + {inner.debug_string()}" if inner else ""
+                )
 
         return _StudyScheduler()
 
@@ -249,9 +257,16 @@ class RayBackend(BaseBackend):
         started_here = False
         if not ray.is_initialized():
             try:
-                ray.init(address=self.address, log_to_driver=False, include_dashboard=False, configure_logging=False)
+                ray.init(
+                    address=self.address,
+                    log_to_driver=False,
+                    include_dashboard=False,
+                    configure_logging=False,
+                )
             except (ConnectionError, RuntimeError, ValueError) as error:
-                raise UserError(f"execution.ray_address {self.address!r}: cannot join the Ray cluster ({error})") from error
+                raise UserError(
+                    f"execution.ray_address {self.address!r}: cannot join the Ray cluster ({error})"
+                ) from error
             started_here = True
         try:
             cluster_gpus = ray.cluster_resources().get("GPU", 0)
@@ -268,7 +283,9 @@ class RayBackend(BaseBackend):
                 "log_dir": str(self.work_dir / "logs"),
             }
             searcher = StudySearcher.build(bridge, job_template)
-            scheduler = StudyScheduler.build(bridge, _asha(session) if sweep.study.pruner.name == "asha" else None)
+            scheduler = StudyScheduler.build(
+                bridge, _asha(session) if sweep.study.pruner.name == "asha" else None
+            )
             tuner = tune.Tuner(
                 tune.with_resources(ray_trainable, {"cpu": cpus, "gpu": gpus}),
                 tune_config=tune.TuneConfig(
@@ -279,7 +296,8 @@ class RayBackend(BaseBackend):
                     reuse_actors=False,
                 ),
                 run_config=tune.RunConfig(
-                    # Ray Tune joins storage_path and name: the study name becomes a folder only through study_folder.
+                    # Ray Tune joins storage_path and name: the study name becomes a folder only
+                    # through study_folder.
                     name=study_folder(self.work_dir / "ray_results", sweep.study.name).name,
                     storage_path=str(self.work_dir / "ray_results"),
                     failure_config=tune.FailureConfig(max_failures=self.max_retries),
@@ -342,6 +360,6 @@ def check_paths_on_nodes(paths: list[Path | None]) -> None:
         absent = ray.get(future)
         if absent:
             raise ConfigError(
-                f"{absent[0]} is not visible on Ray node {address}: with execution.backend ray, data, model and "
-                "checkpoint paths must be on storage every node mounts at the same path"
+                f"{absent[0]} is not visible on Ray node {address}: with execution.backend ray, data, model "
+                "and checkpoint paths must be on storage every node mounts at the same path"
             )
