@@ -735,7 +735,7 @@ def test_hadolint(dockerfile: Path) -> None:
 
 def _compose_v2(command: list[str]) -> bool:
     try:
-        result = subprocess.run(command + ["version"], capture_output=True, text=True, timeout=30)
+        result = subprocess.run(command + ["version"], capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.TimeoutExpired):
         return False
     return result.returncode == 0 and "version v2" in result.stdout
@@ -763,7 +763,7 @@ def compose_command() -> list[str] | None:
                     [interpreter, "-c", "import compose, os; print(os.path.dirname(compose.__file__))"],
                     capture_output=True,
                     text=True,
-                    timeout=30,
+                    timeout=120,  # a loaded machine must not turn into "compose is not installed"
                 )
             except (OSError, subprocess.TimeoutExpired):
                 where = None
@@ -790,7 +790,7 @@ def run_compose_config(files: list[Path], env: dict[str, str]) -> subprocess.Com
         for k, v in os.environ.items()
         if k not in {"POSTGRES_PASSWORD", "RAY_HEAD_IP", "FTSWEEP_SHARED_DIR"}
     }
-    return subprocess.run(command, capture_output=True, text=True, env={**clean, **env}, timeout=60)
+    return subprocess.run(command, capture_output=True, text=True, env={**clean, **env}, timeout=120)
 
 
 needs_compose = pytest.mark.skipif(COMPOSE_COMMAND is None, reason="Docker Compose v2 is not installed")

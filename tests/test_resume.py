@@ -77,7 +77,9 @@ def stop(processes: list[subprocess.Popen]) -> None:
             process.communicate(timeout=30)
 
 
-def wait_for_epoch(storage: str, name: str, trial_number: int, epoch: int, process: subprocess.Popen, timeout: float = 120) -> None:
+def wait_for_epoch(
+    storage: str, name: str, trial_number: int, epoch: int, process: subprocess.Popen, timeout: float = 300
+) -> None:
     """Until trial `trial_number` of the study has reported `epoch` (it is then in epoch + 1)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
