@@ -193,10 +193,10 @@ def run_job(job: TrialJob, reporter: Any) -> TrialOutcome:
             if retry is None:
                 raise
             # Once, with what the trainer says needs less memory (the text trainer: half the per-step batch).
-            params = trainer_cls.Params.model_validate(retry).model_dump()
+            before, params = params, trainer_cls.Params.model_validate(retry).model_dump()
             context.params = params
             changed = ", ".join(
-                f"{key}={value}" for key, value in retry.items() if job.params.get(key) != value
+                f"{key}={value}" for key, value in retry.items() if before.get(key) != value
             )
             print(
                 f"out of memory ({error}); retrying with {changed or 'the parameters the trainer gave'}",
