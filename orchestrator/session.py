@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     import optuna
 
     from orchestrator.messages import TrialOutcome
+    from orchestrator.tracking import RunFuture
     from orchestrator.plan import SweepPlan
     from orchestrator.progress import Progress
     from orchestrator.tracking import StudyTracker
@@ -57,7 +58,7 @@ class TrialHandle:
     trial: optuna.Trial
     params: dict[str, Any]
     device: str
-    run: Future[str] | None
+    run: RunFuture | None
     checkpoint_dir: Path | None
     started: float = field(default_factory=time.monotonic)
     epochs: int = 0

@@ -359,10 +359,10 @@ class StudyTracker:
                     break
                 if isinstance(message, RunCreated):
                     run = self._runs.pop(message.key, None)
-                    if run is not None and message.run_id is None:
-                        run.set_exception(RuntimeError("the MLflow run could not be created"))
-                    elif run is not None:
+                    if run is not None and message.run_id is not None:
                         run.set_result(message.run_id)
+                    elif run is not None:
+                        run.set_exception(RuntimeError("the MLflow run could not be created"))
                 elif isinstance(message, WriterError):
                     text = mask_text(message.text)  # the writer's errors may quote the store's URI
                     log.warning(text)

@@ -195,9 +195,7 @@ def run_job(job: TrialJob, reporter: Any) -> TrialOutcome:
             # Once, with what the trainer says needs less memory (the text trainer: half the per-step batch).
             before, params = params, trainer_cls.Params.model_validate(retry).model_dump()
             context.params = params
-            changed = ", ".join(
-                f"{key}={value}" for key, value in retry.items() if before.get(key) != value
-            )
+            changed = ", ".join(f"{key}={value}" for key, value in retry.items() if before.get(key) != value)
             print(
                 f"out of memory ({error}); retrying with {changed or 'the parameters the trainer gave'}",
                 flush=True,

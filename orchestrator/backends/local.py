@@ -42,6 +42,7 @@ def process_context(preload: tuple[str, ...]) -> Any:
     """
     if preload in _CONTEXT_CACHE:
         return _CONTEXT_CACHE[preload]
+    context: Any
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["orchestrator.backends._trial_process", *preload])
@@ -117,15 +118,15 @@ class LocalBackend(BaseBackend):
                 waitables += [entry.process.sentinel for entry in running.values()]
                 ready = wait(waitables, timeout=0.5)
                 for item in ready:
-                    entry = running.get(item) if isinstance(item, Connection) else None
-                    if entry is None:
-                        entry = next((e for e in running.values() if e.process.sentinel == item), None)
-                    if entry is None or entry.conn not in running:
+                    found = running.get(item) if isinstance(item, Connection) else None
+                    if found is None:
+                        found = next((e for e in running.values() if e.process.sentinel == item), None)
+                    if found is None or found.conn not in running:
                         continue
-                    if self._handle(session, entry):
+                    if self._handle(session, found):
                         retry_at = 0.0
-                        del running[entry.conn]
-                        free.append(entry.slot)
+                        del running[found.conn]
+                        free.append(found.slot)
                         free.sort(key=lambda s: s.index)
                 session.progress.refresh()
         finally:
@@ -259,7 +260,7 @@ class LocalBackend(BaseBackend):
             else:
                 session.progress.say(f"{name} again: stopping running trials now")
 
-        previous = {}
+        previous: dict[int, Any] = {}
         for signum in (signal.SIGINT, signal.SIGTERM):
             try:
                 previous[signum] = signal.signal(signum, on_signal)

@@ -123,7 +123,9 @@ class StudySearcher:
                 session = bridge.session
                 handle = session.start_trial("ray")
                 if handle is None:
-                    return Searcher.FINISHED if not bridge.handles or session.stop_reason else None
+                    # Tune's own "no more trials" marker is a string, though Searcher.suggest says dict.
+                    finished: Any = Searcher.FINISHED
+                    return finished if not bridge.handles or session.stop_reason else None
                 bridge.handles[trial_id] = handle
                 options = dict(job_template)
                 log_dir = options.pop("log_dir")
@@ -276,7 +278,7 @@ class RayBackend(BaseBackend):
                 session.checkpoint_root.mkdir(parents=True, exist_ok=True)
             check_paths_on_nodes([*session.plan.trainer.input_paths(), session.checkpoint_root])
             bridge = _Bridge(session, self.work_dir)
-            job_template = {
+            job_template: dict[str, Any] = {
                 "environment": {},
                 "device": "cuda" if gpus else "cpu",
                 "n_threads": max(1, int(cpus)),
