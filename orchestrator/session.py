@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ftsweep_common.trial_metrics import MAJORITY_PREFIX
 from orchestrator.recovery import (
     HEARTBEAT_SECONDS,
     MAX_ATTEMPTS,
@@ -66,6 +67,10 @@ class TrialHandle:
     rerun_of: int | None = None
     known_epochs: set[int] = field(default_factory=set)
     run_attached: bool = False
+    #: The best value of the study's metric over the epochs reported so far: what the pruner sees.
+    running_best: float | None = None
+    #: Why the session asked to prune the trial, when it was not the pruner (e.g. ``no progress``).
+    prune_reason: str | None = None
 
     @property
     def number(self) -> int:
@@ -319,7 +324,8 @@ class StudySession:
             if old.exists() and not handle.checkpoint_dir.exists():
                 old.rename(handle.checkpoint_dir)
         for step, value in sorted(previous.intermediate_values.items()):
-            handle.trial.report(value, step)
+            handle.running_best = self._running_best(handle.running_best, value)
+            handle.trial.report(handle.running_best, step)
             handle.known_epochs.add(step)
         handle.epochs = max(handle.known_epochs, default=0)
 
@@ -340,10 +346,45 @@ class StudySession:
         value = metrics.get(self.metric)
         if value is None or not math.isfinite(value):
             return False
-        handle.trial.report(value, epoch)
+        # The trial's value is its best epoch's, so the pruner is shown the same thing: the best so
+        # far. Shown each epoch's own value, it prunes a trial that peaked early (the over-fitting case
+        # this product exists for) on a later, worse epoch, and throws the study's best model away.
+        handle.running_best = self._running_best(handle.running_best, value)
+        handle.trial.report(handle.running_best, epoch)
         if self._is_last_epoch(handle, epoch):
             return False  # its training is done: pruning it now would only throw its result away
+        reason = self._no_progress(handle, epoch, value, metrics)
+        if reason is not None:
+            handle.prune_reason = reason
+            return True
         return handle.trial.should_prune()
+
+    def pruning_value(self, handle: TrialHandle) -> float | None:
+        """What a pruner of another library (Ray's ASHA) must be shown for the trial: its running best."""
+        return handle.running_best
+
+    def _running_best(self, best: float | None, value: float) -> float:
+        if best is None:
+            return value
+        return max(best, value) if self.maximize else min(best, value)
+
+    def _no_progress(
+        self, handle: TrialHandle, epoch: int, value: float, metrics: dict[str, float]
+    ) -> str | None:
+        """``no progress ...`` when the trial's first epoch scores exactly what always predicting the
+        majority class scores (the trainer reports that as ``majority_<metric>``) while a finished trial
+        of the study did better: a learning rate too small to move the model within its steps, say."""
+        majority = metrics.get(MAJORITY_PREFIX + self.metric)
+        if epoch != min(handle.known_epochs) or majority is None or not math.isfinite(majority):
+            return None
+        if abs(value - majority) > 1e-9 or self.best_value is None:
+            return None
+        if not (self.best_value > value if self.maximize else self.best_value < value):
+            return None
+        return (
+            f"no progress: {self.metric} {value:.4g} after epoch {epoch} is the majority-class score "
+            f"(trial {self.best_trial} reached {self.best_value:.4g})"
+        )
 
     def _is_last_epoch(self, handle: TrialHandle, epoch: int) -> bool:
         last = self.plan.trainer.max_epochs(handle.params)
@@ -397,6 +438,7 @@ class StudySession:
     def prune(self, handle: TrialHandle, reason: str) -> None:
         from optuna.trial import TrialState
 
+        reason = handle.prune_reason or reason
         self._attach(handle, reason=reason)
         self.study.tell(handle.trial, state=TrialState.PRUNED)
         value = handle.last_metrics.get(self.metric)

@@ -27,6 +27,10 @@ class FaultSettings(StrictModel):
     release_file: str | None = None
     pause_trials: list[int] | None = None
     pause_before_epoch: int = 1
+    # Scripted learning curves: trial number -> its score at each epoch (the trial's value is the best one).
+    curves: dict[int, list[float]] = Field(default_factory=dict)
+    # Reported as majority_score with the first epoch (the score of always predicting the majority class).
+    majority_score: float | None = None
 
 
 class FaultParams(StrictModel):
@@ -99,12 +103,21 @@ class FaultTrainer(BaseTrainer):
             if ctx.trial_number in settings.fail_trials and epoch == 2:
                 raise RuntimeError(f"trial {ctx.trial_number} broke on purpose")
             score = -((ctx.params["x"] - 1.0) ** 2) + ctx.params.get("slope", 0.1) * epoch
+            curve = settings.curves.get(ctx.trial_number)
+            if curve is not None:
+                score = curve[epoch - 1]
             if ctx.trial_number in settings.nan_trials:
                 score = math.nan
                 raise TrialDiverged(f"diverged: loss is nan at epoch {epoch}")
             state = {"epoch": epoch, "history": [*state["history"], {"epoch": epoch, "score": score}]}
             ctx.save_checkpoint(state)
-            ctx.report(epoch, {"score": score})
+            majority = settings.majority_score
+            extra = {"majority_score": majority} if majority is not None and epoch == 1 else {}
+            ctx.report(epoch, {"score": score, **extra})
+        curve = settings.curves.get(ctx.trial_number)
+        if curve is not None:
+            best = max(curve[: ctx.params["epochs"]])
+            return {"score": best, "best_epoch": float(curve.index(best) + 1)}
         return {"score": score, "best_epoch": float(ctx.params["epochs"])}
 
 

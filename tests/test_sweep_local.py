@@ -157,3 +157,39 @@ def test_a_trial_that_reaches_its_last_epoch_is_never_pruned(tmp_path: Path) -> 
     assert pruned, "the median pruner stopped no trial: the test needs a sweep where it does"
     assert all(sorted(t.intermediate_values) == [1] for t in pruned)
     assert all(t.state.name == "COMPLETE" for t in trials if 2 in t.intermediate_values)
+
+
+def test_the_pruner_sees_the_running_best_so_an_early_peak_survives(tmp_path: Path) -> None:
+    """A trial is worth its best epoch: a trial that peaks at epoch 1 and then falls must not be pruned on
+    its later epochs by a pruner its peak beats (the median pruner compares each step with the others')."""
+    curves = {0: [0.5, 0.55, 0.6], 1: [0.5, 0.55, 0.6], 2: [0.7, 0.4, 0.3]}
+    sweep = fault_sweep("early-peak", n_trials=3, workers=1, epochs=3, curves=curves)
+    sweep["study"]["pruner"] = {"name": "median", "n_startup_trials": 2}
+    sweep["tracking"] = {"enabled": False}
+    write_sweep(tmp_path, sweep)
+    result = run_cli(["run", "sweep.yaml"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    trials = load(tmp_path, "early-peak").trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+    peaked = trials[2]
+    assert peaked.value == pytest.approx(0.7)
+    # What the pruner was shown at each epoch: the best so far.
+    assert [peaked.intermediate_values[epoch] for epoch in (1, 2, 3)] == pytest.approx([0.7, 0.7, 0.7])
+
+
+def test_a_trial_without_progress_is_pruned_with_its_reason_in_status(tmp_path: Path) -> None:
+    """A first epoch that scores exactly the majority-class score, while an earlier trial did better, is a
+    trial that learned nothing (a learning rate too small to move the model): pruned as `no progress`."""
+    curves = {0: [0.6, 0.7, 0.8], 1: [0.3, 0.3, 0.3], 2: [0.3, 0.5, 0.6]}
+    sweep = fault_sweep("stuck", n_trials=3, workers=1, epochs=3, curves=curves, majority_score=0.3)
+    sweep["tracking"] = {"enabled": False}
+    write_sweep(tmp_path, sweep)
+    result = run_cli(["run", "sweep.yaml"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    trials = load(tmp_path, "stuck").trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "PRUNED", "PRUNED"]
+    assert all(t.user_attrs["reason"].startswith("no progress") for t in trials[1:])
+    assert sorted(trials[1].intermediate_values) == [1]
+    status = run_cli(["status", "stuck"], cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    assert "no progress" in status.stdout

@@ -91,6 +91,13 @@ class _Bridge:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.handles, self.finals, self.stopped = {}, {}, {}
 
+    def pruning_result(self, trial_id: str, result: dict[str, Any]) -> dict[str, Any]:
+        """``result`` as ASHA must see it: the study's metric replaced by the trial's running best
+        (the trial's value is its best epoch's; see :meth:`StudySession.report`)."""
+        handle = self.handles.get(trial_id)
+        best = self.session.pruning_value(handle) if handle is not None else None
+        return result if best is None else {**result, self.session.metric: best}
+
     def record(self, trial_id: str, result: dict[str, Any]) -> bool:
         """Record a result; True when Optuna's pruner says the trial should stop."""
         handle = self.handles.get(trial_id)
@@ -115,9 +122,9 @@ class StudySearcher:
 
         class _StudySearcher(Searcher):
             def __init__(self) -> None:
-                super().__init__(
-                    metric=bridge.session.metric, mode="max" if bridge.session.maximize else "min"
-                )
+                # No metric for Tune to check in every result: the study's metric travels inside the
+                # ftsweep message (orchestrator.messages.to_ray_result), and the session reads it there.
+                super().__init__(metric=None, mode=None)
 
             def suggest(self, trial_id: str) -> dict[str, Any] | None:
                 session = bridge.session
@@ -188,7 +195,9 @@ class StudyScheduler:
                     return TrialScheduler.STOP
                 if not isinstance(from_ray_result(result)[0], EpochReport):
                     return TrialScheduler.CONTINUE
-                decision = inner.on_trial_result(controller, trial, result)
+                decision = inner.on_trial_result(
+                    controller, trial, bridge.pruning_result(trial.trial_id, result)
+                )
                 if decision == TrialScheduler.STOP:
                     bridge.stopped[trial.trial_id] = f"stopped by ASHA after epoch {result.get('epoch')}"
                 return decision
