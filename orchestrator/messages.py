@@ -7,13 +7,14 @@ one of :data:`CONTINUE`, :data:`PRUNE` or :data:`STOP` (local backend; on Ray th
 the actor instead). Each type is a small frozen dataclass: a field is read by name, never decoded
 by position.
 
-On Ray the same messages travel inside Tune's result dictionary: :func:`to_ray_result` nests the
-message under one key (:data:`RAY_KEY`), so nothing Tune adds to a result is mistaken for a metric,
-and :func:`from_ray_result` reads it back.
+On Ray the same messages travel inside Tune's result dictionary: :func:`to_ray_result` puts the
+message under one key (:data:`RAY_KEY`, as JSON), so nothing Tune adds to a result is mistaken for a
+metric, and :func:`from_ray_result` reads it back.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -72,8 +73,13 @@ _BY_NAME: dict[str, type] = {
 
 
 def to_ray_result(message: TrialMessage, device: str) -> dict[str, Any]:
-    """A Tune result holding ``message`` under :data:`RAY_KEY` (``epoch`` stays top level for ASHA)."""
-    result: dict[str, Any] = {RAY_KEY: {"type": type(message).__name__, "device": device, **asdict(message)}}
+    """A Tune result with ``message`` under :data:`RAY_KEY` (``epoch`` and metrics also top level, for ASHA).
+
+    The message is one JSON string: Tune flattens nested dictionaries of a result into ``a/b`` keys,
+    which would make a metric named ``val/f1`` ambiguous; a string it leaves alone.
+    """
+    payload = {"type": type(message).__name__, "device": device, **asdict(message)}
+    result: dict[str, Any] = {RAY_KEY: json.dumps(payload)}
     if isinstance(message, EpochReport):
         # ASHA reads its time attribute and the metric from the top level of the result.
         result.update({"epoch": message.epoch, **message.metrics})
@@ -82,7 +88,13 @@ def to_ray_result(message: TrialMessage, device: str) -> dict[str, Any]:
 
 def from_ray_result(result: dict[str, Any]) -> tuple[TrialMessage | None, str | None]:
     """The message and the device a Tune result carries, or (None, None) for one ftsweep did not send."""
-    payload = result.get(RAY_KEY)
+    text = result.get(RAY_KEY)
+    if not isinstance(text, str):
+        return None, None
+    try:
+        payload = json.loads(text)
+    except ValueError:
+        return None, None
     if not isinstance(payload, dict) or payload.get("type") not in _BY_NAME:
         return None, None
     fields = {key: value for key, value in payload.items() if key not in ("type", "device")}
