@@ -11,7 +11,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -29,8 +29,11 @@ from orchestrator.storage import (
 
 DEFAULT_TRAINER = "text-classification"
 
-SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp", "qmc")
-PRUNERS = ("none", "median", "successive_halving", "hyperband", "asha")
+SamplerName = Literal["tpe", "random", "grid", "cmaes", "gp", "qmc"]
+PrunerName = Literal["none", "median", "successive_halving", "hyperband", "asha"]
+#: The names ``study.sampler.name`` / ``study.pruner.name`` take (one list: the schema's).
+SAMPLERS: tuple[str, ...] = get_args(SamplerName)
+PRUNERS: tuple[str, ...] = get_args(PrunerName)
 
 
 class _Strict(BaseModel):
@@ -41,7 +44,7 @@ class SamplerConfig(BaseModel):
     """``study.sampler``: the Optuna sampler by name; other keys go to its constructor."""
 
     model_config = ConfigDict(extra="allow")
-    name: Literal["tpe", "random", "grid", "cmaes", "gp", "qmc"] = "tpe"
+    name: SamplerName = "tpe"
     seed: int | None = Field(None, description="Seed of the sampler; same seed, same proposals.")
 
     @property
@@ -53,7 +56,7 @@ class PrunerConfig(BaseModel):
     """``study.pruner``: the Optuna pruner by name; other keys go to its constructor."""
 
     model_config = ConfigDict(extra="allow")
-    name: Literal["none", "median", "successive_halving", "hyperband", "asha"] = "median"
+    name: PrunerName = "median"
 
     @property
     def options(self) -> dict[str, Any]:
