@@ -23,6 +23,7 @@ def noop_sweep(name: str, n_trials: int = 1, **sections: object) -> dict:
     sweep: dict = {
         "study": {
             "name": name,
+            "metric": "score",
             "n_trials": n_trials,
             "sampler": {"name": "random", "seed": 0},
             "pruner": {"name": "none"},
