@@ -68,7 +68,8 @@ def test_two_epochs_report_every_metric(tiny_model: Path, toy_data: dict[str, Pa
     result, reports = run_trial(trainer, FAST, tmp_path / "ckpt")
     assert [epoch for epoch, _ in reports] == [1, 2]
     for _, metrics in reports:
-        assert tuple(metrics) == TextClassificationTrainer.metric_names
+        # The first epoch also says what always predicting the majority class scores (for `no progress`).
+        assert tuple(key for key in metrics if not key.startswith("majority_")) == TextClassificationTrainer.metric_names
         assert all(math.isfinite(value) for value in metrics.values())
         assert 0 <= metrics["val_f1"] <= 1 and 0 <= metrics["train_accuracy"] <= 1
         assert metrics["generalization_gap"] == pytest.approx(metrics["train_f1"] - metrics["val_f1"])
@@ -76,7 +77,7 @@ def test_two_epochs_report_every_metric(tiny_model: Path, toy_data: dict[str, Pa
     assert best in (1, 2) and result["epochs_run"] == 2
     assert result["val_f1"] == max(metrics["val_f1"] for _, metrics in reports)
     assert result["val_loss"] == reports[best - 1][1]["val_loss"]
-    assert {"test_loss", "test_accuracy", "test_f1"} <= set(result)
+    assert not [key for key in result if key.startswith("test_")]  # a trial never scores the test split
     assert checkpoint_exists(tmp_path / "ckpt")
 
 
@@ -84,7 +85,7 @@ def test_the_model_learns_the_toy_task(tiny_model: Path, toy_data: dict[str, Pat
     trainer = make_trainer(tiny_model, toy_data, tmp_path, epochs=4)
     result, reports = run_trial(trainer, FAST)
     assert reports[-1][1]["train_loss"] < reports[0][1]["train_loss"]
-    assert result["val_accuracy"] > 0.8 and result["test_accuracy"] > 0.8
+    assert result["val_accuracy"] > 0.8
 
 
 @pytest.mark.parametrize("interrupt_at", [1, 2])

@@ -129,19 +129,23 @@ def parameter_groups(
     weight_decay: float,
     learning_rate: float,
     layerwise_lr_decay: float = 1.0,
+    head_learning_rate: float | None = None,
 ) -> list[dict[str, Any]]:
     """AdamW parameter groups with decoupled weight decay and layer-wise learning-rate decay.
 
     Biases and normalization weights get no weight decay. A parameter ``d`` layers below the
-    head (see :func:`layer_depths`) learns at ``learning_rate * layerwise_lr_decay ** d``.
-    Parameters that do not require grad (frozen) are left out.
+    head (see :func:`layer_depths`) learns at ``learning_rate * layerwise_lr_decay ** d``; the head
+    (``d = 0``: everything above the encoder, pooler and classifier) at ``head_learning_rate`` when
+    given. Parameters that do not require grad (frozen) are left out.
 
     Returns:
         groups with ``params``, ``lr``, ``weight_decay`` and a descriptive ``name``
-        (``"depth2/decay"``), in the order the model's parameters first appear.
+        (``"depth2/decay"``, ``"head/decay"`` for the head with its own learning rate), in the order
+        the model's parameters first appear.
     """
     modules = dict(model.named_modules())
-    depths = layer_depths(model) if layerwise_lr_decay != 1.0 else {}
+    own_head = head_learning_rate is not None
+    depths = layer_depths(model) if layerwise_lr_decay != 1.0 or own_head else {}
     groups: dict[tuple[int, bool], dict[str, Any]] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
@@ -151,11 +155,12 @@ def parameter_groups(
         depth = depths.get(name, 0)
         key = (depth, decay)
         if key not in groups:
+            head = own_head and depth == 0
             groups[key] = {
                 "params": [],
-                "lr": learning_rate * layerwise_lr_decay**depth,
+                "lr": head_learning_rate if head else learning_rate * layerwise_lr_decay**depth,
                 "weight_decay": weight_decay if decay else 0.0,
-                "name": f"depth{depth}/{'decay' if decay else 'no_decay'}",
+                "name": f"{'head' if head else f'depth{depth}'}/{'decay' if decay else 'no_decay'}",
             }
         groups[key]["params"].append(parameter)
     return list(groups.values())

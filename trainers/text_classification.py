@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from ftsweep_common.errors import ConfigError, ModelError
-from trainers.base import BaseTrainer, StrictModel, TrialContext, TrialDiverged
+from trainers.base import BaseTrainer, FinalFitRequest, Predictor, StrictModel, TrialContext, TrialDiverged
 from trainers.data import DataSettings, load_splits
 
 if TYPE_CHECKING:
@@ -57,6 +57,8 @@ CHECKPOINT_FORMAT = 1
 #: What a checkpoint's state holds (see ``_Trial._state``).
 _STATE_KEYS = ("epoch", "trainable", "optimizer", "scheduler", "rng", "history", "early_stopping", "best")
 _OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+#: A freshly initialised head learns little at an encoder's learning rate within a few hundred steps.
+DEFAULT_HEAD_LEARNING_RATE = 1e-3
 
 
 class TextClassificationSettings(StrictModel):
@@ -184,6 +186,41 @@ class TextClassificationParams(StrictModel):
         0.1, ge=0, lt=1, description="Per-token probability of the augmentation."
     )
     seed: int = Field(0, description="Seeds initialization, shuffling, dropout and augmentation.")
+    strategy: Literal["finetune", "linear_probe", "lp_ft"] = Field(
+        "finetune",
+        description=(
+            "finetune: train the model (less its frozen layers); linear_probe: fit only the head, a logistic "
+            "regression on the frozen model's features (one epoch); lp_ft: fit that probe first, then "
+            "fine-tune from it (Kumar et al., ICLR 2022)."
+        ),
+    )
+    pooling: Literal["auto", "cls", "mean"] = Field(
+        "auto",
+        description=(
+            "What the head reads: cls (the architecture's own head, the first token), mean (the masked mean "
+            "of the last layer's tokens), auto (mean for sentence-embedding models, else cls)."
+        ),
+    )
+    head_learning_rate: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Peak learning rate of the head (pooler and classifier); unset: "
+            f"max({DEFAULT_HEAD_LEARNING_RATE:g}, learning_rate), or learning_rate under lp_ft (the probed "
+            "head is already fitted)."
+        ),
+    )
+    probe_l2: float = Field(
+        1e-3, ge=0, description="L2 strength of the linear probe's logistic regression (linear_probe, lp_ft)."
+    )
+
+    def head_lr(self) -> float:
+        """The head's learning rate these parameters give (see ``head_learning_rate``)."""
+        if self.head_learning_rate is not None:
+            return self.head_learning_rate
+        if self.strategy == "lp_ft":
+            return self.learning_rate
+        return max(DEFAULT_HEAD_LEARNING_RATE, self.learning_rate)
 
 
 class TextClassificationTrainer(BaseTrainer):
@@ -275,12 +312,26 @@ class TextClassificationTrainer(BaseTrainer):
             }
         return {}
 
+    def splits(self) -> dict[str, Path | None]:
+        """train, validation (a file, or None when split off the training file) and test when given."""
+        from trainers.data import resolve_path
+
+        data = self.settings.data
+        found: dict[str, Path | None] = {
+            "train": resolve_path(data.train, self.base_dir),
+            "validation": resolve_path(data.validation, self.base_dir) if data.validation else None,
+        }
+        if data.test:
+            found["test"] = resolve_path(data.test, self.base_dir)
+        return found
+
     def input_paths(self) -> list[Path]:
         """The data files and, when it is a local folder, the model: what every node must see."""
         from trainers.data import resolve_path
 
         data = self.settings.data
-        files = [data.train, data.validation, data.test]
+        # Not the test file: trials never read it (only `ftsweep final`, on this machine, does).
+        files = [data.train, data.validation]
         paths = [resolve_path(value, self.base_dir) for value in files if value]
         model = Path(self.model_path)
         if model.is_absolute() and model.exists():
@@ -296,6 +347,12 @@ class TextClassificationTrainer(BaseTrainer):
         """Losses and the generalization gap shrink as the model gets better; accuracy and F1 grow."""
         return "minimize" if metric.endswith("loss") or metric == "generalization_gap" else "maximize"
 
+    def max_epochs(self, params: Mapping[str, Any]) -> int | None:
+        """A linear probe is fitted (and reports) once; every other strategy trains ``epochs`` epochs."""
+        if params.get("strategy") == "linear_probe":
+            return 1
+        return super().max_epochs(params)
+
     def on_out_of_memory(self, params: dict[str, Any]) -> dict[str, Any] | None:
         """Half the per-step batch, twice the accumulation: the same effective batch in less memory."""
         steps = params.get("gradient_accumulation_steps")
@@ -307,6 +364,19 @@ class TextClassificationTrainer(BaseTrainer):
         """Train one trial; see :class:`_Trial`."""
         params = self.Params(**ctx.params)
         return _Trial(self, ctx, params).run()
+
+    def final_fit(self, ctx: TrialContext, request: FinalFitRequest) -> dict[str, float]:
+        """Train the final model, export it and predict every split (:mod:`trainers.final_fit`)."""
+        from trainers.final_fit import final_fit
+
+        return final_fit(self, ctx, request)
+
+    @classmethod
+    def load_predictor(cls, model_dir: Path, device: str) -> Predictor:
+        """The model a final fit exported into ``model_dir`` (:class:`trainers.final_fit.TextPredictor`)."""
+        from trainers.final_fit import TextPredictor
+
+        return TextPredictor.load(model_dir, device)
 
 
 # --------------------------------------------------------------------------------------------
@@ -599,6 +669,13 @@ class _Trial:
         self._setup_model()
         self.features: FrozenFeatureCache | None = None
         try:
+            if self.params.strategy != "finetune":
+                self._fit_probe()
+            if self.params.strategy == "linear_probe":
+                self._setup_optimization()
+                if self._resume() == 1:
+                    self._report_probe()
+                return self._result()
             self._setup_features()
             self._setup_optimization()
             start = self._resume()
@@ -644,7 +721,7 @@ class _Trial:
 
         from trainers.data import PadCollator, tokenize_cached, tokenizer_fingerprint
 
-        data: LabelledData = load_splits(self.settings.data, self.trainer.base_dir)
+        data = self._load_data()
         self.labels = data.labels
         self.tokenizer = _load_tokenizer(self.settings.model, self.trainer.model_path, self.trainer.base_dir)
         self.collate = PadCollator.for_tokenizer(self.tokenizer)
@@ -682,6 +759,10 @@ class _Trial:
             else None
         )
 
+    def _load_data(self) -> LabelledData:
+        """The splits this run trains and scores on: a trial never reads the test split."""
+        return load_splits(self.settings.data, self.trainer.base_dir, include_test=False)
+
     def _eval_batches(
         self, ids: list[list[int]], label_ids: list[int]
     ) -> list[tuple[dict[str, torch.Tensor], torch.Tensor, list[int]]]:
@@ -701,7 +782,8 @@ class _Trial:
         import torch
         from transformers import AutoConfig, AutoModelForSequenceClassification
 
-        from trainers.regularization import freeze, set_config_dropout, set_dropout
+        from trainers.heads import classifier_layer, install_mean_pooling, resolve_pooling
+        from trainers.regularization import find_encoder_blocks, freeze, set_config_dropout, set_dropout
 
         params = self.params
         attention = params.attention_dropout if params.attention_dropout is not None else params.dropout
@@ -719,24 +801,47 @@ class _Trial:
                 path, config=config, dtype=torch.float32, output_loading_info=True, **_hub_options()
             )
         self.new_parameters = list(info.get("missing_keys", []))
-        self.frozen = freeze(model, params.freeze_depth)
+        self.pooling = resolve_pooling(params.pooling, path)
+        if self.pooling == "mean":
+            install_mean_pooling(model)
+        self.head = classifier_layer(model, len(self.labels))
+        self.n_layers = len(find_encoder_blocks(model)[1])
+        probe_only = params.strategy == "linear_probe"
+        self.frozen = freeze(model, self.n_layers if probe_only else params.freeze_depth)
+        if probe_only:  # the pooler too: only the head's last layer is fitted
+            model.requires_grad_(False)
+            self.head.requires_grad_(True)
         set_dropout(model, hidden=params.dropout, attention=attention, classifier=params.dropout)
         self.model = model.to(self.device)
         self.trainable = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
 
     def _setup_features(self) -> None:
         """Serve the frozen layers' output from the feature cache (see :mod:`trainers.feature_cache`)."""
+        params = self.params
+        if not self.settings.feature_cache or params.freeze_depth == 0:
+            return
+        # Augmented training ids differ every epoch: only the splits the model sees as they are.
+        augmented = params.augmentation != "none" and params.augmentation_prob > 0
+        if augmented:
+            self.ctx.log(
+                f"feature cache: train not cached ({params.augmentation} augmentation changes its ids)"
+            )
+        names = [name for name in ("train", "validation", "test") if name in self.tokens]
+        self.features = self._attach_cache(
+            params.freeze_depth, [name for name in names if not (name == "train" and augmented)]
+        )
+
+    def _attach_cache(self, depth: int, names: list[str]) -> FrozenFeatureCache | None:
+        """A feature cache of the model frozen to ``depth``, filled for the splits ``names``; None if off."""
         from trainers.feature_cache import CHECK_EXAMPLES, FrozenFeatureCache
 
-        params, settings = self.params, self.settings
-        if not settings.feature_cache or params.freeze_depth == 0:
-            return
+        settings = self.settings
         dtype = settings.feature_cache_dtype
         if dtype == "auto":
             dtype = "bfloat16" if self.compute == "bf16" else "float32"
         cache = FrozenFeatureCache.attach(
             self.model,
-            params.freeze_depth,
+            depth,
             forward=self._forward_only,
             collate=self.collate,
             to_device=self._to_device,
@@ -749,21 +854,12 @@ class _Trial:
             log=self.ctx.log,
         )
         if cache is None:
-            return
+            return None
         validation = self.tokens["validation"]
         probe_rows = list(range(min(CHECK_EXAMPLES, len(validation.ids))))
         try:
             cache.probe(self.collate([validation.ids[row] for row in probe_rows]))
-            # Augmented training ids differ every epoch: only the splits the model sees as they are.
-            augmented = params.augmentation != "none" and params.augmentation_prob > 0
-            names = [name for name in ("train", "validation", "test") if name in self.tokens]
             for name in names:
-                if name == "train" and augmented:
-                    self.ctx.log(
-                        "feature cache: train not cached "
-                        f"({params.augmentation} augmentation changes its ids)"
-                    )
-                    continue
                 tokens = self.tokens[name]
                 cache.prepare(name, tokens.ids, tokens.digest, self.eval_size)
             ok = cache.verify("validation", probe_rows)
@@ -775,8 +871,98 @@ class _Trial:
             raise
         if not ok:
             cache.close()
-            return
-        self.features = cache
+            return None
+        return cache
+
+    # ---- the linear probe (strategies linear_probe and lp_ft; see trainers.linear_probe) ----------
+
+    def _fit_probe(self) -> None:
+        """Fit the head's last layer, a logistic regression, on what the frozen model feeds it.
+
+        The whole encoder is frozen for the features (served from the feature cache at full depth,
+        so later probes of the study cost seconds); what trains afterwards is set back as it was.
+        """
+        import torch
+
+        from trainers.data import sorted_batches
+        from trainers.linear_probe import fit_logistic_regression, head_inputs, set_head
+        from trainers.regularization import class_weights, freeze
+
+        trainable = {name: p.requires_grad for name, p in self.model.named_parameters()}
+        freeze(self.model, self.n_layers)
+        splits = {"train": self.train_ids, "validation": self.tokens["validation"].ids}
+        cache = self._attach_cache(self.n_layers, list(splits)) if self.settings.feature_cache else None
+        features: dict[str, torch.Tensor] = {}
+        try:
+            for name, ids in splits.items():
+                batches = [
+                    (self._to_device(self.collate([ids[row] for row in rows])), rows)
+                    for rows in sorted_batches([len(sequence) for sequence in ids], self.eval_size)
+                ]
+
+                def serving(rows: list[int], name: str = name) -> contextlib.AbstractContextManager[None]:
+                    return cache.serving(name, rows) if cache is not None else contextlib.nullcontext()
+
+                features[name] = head_inputs(self.model, self.head, batches, serving, self.autocast, len(ids))
+        finally:
+            if cache is not None:
+                cache.close()
+            for name, parameter in self.model.named_parameters():
+                parameter.requires_grad_(trainable[name])
+        weights = class_weights(self.train_labels.tolist(), len(self.labels), self.params.class_weights)
+        weight, bias = fit_logistic_regression(
+            features["train"], self.train_labels, len(self.labels), self.params.probe_l2, weights
+        )
+        set_head(self.head, weight, bias)
+        self.probe_metrics: dict[str, float] = {}
+        for name, prefix, labels in (
+            ("train", "train", self.train_labels),
+            ("validation", "val", self._validation_labels()),
+        ):
+            logits = features[name] @ weight.T + bias
+            n_classes = len(self.labels)
+            confusion = torch.bincount(labels * n_classes + logits.argmax(dim=-1), minlength=n_classes**2)
+            accuracy, f1 = accuracy_and_macro_f1(confusion.view(n_classes, n_classes))
+            loss = torch.nn.functional.cross_entropy(logits, labels).item()
+            self.probe_metrics.update(
+                {f"{prefix}_loss": loss, f"{prefix}_accuracy": accuracy, f"{prefix}_f1": f1}
+            )
+        self.ctx.log(
+            f"linear probe ({self.pooling} pooling, probe_l2={self.params.probe_l2:g}): "
+            + ", ".join(f"{key}={value:.4f}" for key, value in self.probe_metrics.items())
+        )
+
+    def _report_probe(self) -> None:
+        """A linear probe's one epoch: the fitted head's metrics, checkpointed and reported."""
+        metrics = dict(self.probe_metrics)
+        metrics["generalization_gap"] = generalization_gap(metrics, self.metric)
+        self.history.append(metrics)
+        self._track_best(1, metrics[self.metric])
+        self.ctx.save_checkpoint(self._state(1))
+        self.ctx.report(1, {**metrics, **self._majority_metrics(1)})
+
+    def _validation_labels(self) -> torch.Tensor:
+        import torch
+
+        labels = torch.zeros(sum(len(rows) for _, _, rows in self.validation), dtype=torch.long)
+        for _, batch_labels, rows in self.validation:
+            labels[torch.as_tensor(rows)] = batch_labels.cpu()
+        return labels
+
+    def _majority_metrics(self, epoch: int) -> dict[str, float]:
+        """With the first epoch, ``majority_<metric>``: the validation score of always predicting the
+        training data's most frequent class (the session prunes a trial stuck there as ``no progress``)."""
+        import torch
+
+        from ftsweep_common.trial_metrics import MAJORITY_PREFIX
+
+        if epoch != 1 or self.metric not in ("val_f1", "val_accuracy"):
+            return {}
+        n_classes = len(self.labels)
+        majority = int(torch.bincount(self.train_labels, minlength=n_classes).argmax())
+        confusion = torch.bincount(self._validation_labels() * n_classes + majority, minlength=n_classes**2)
+        accuracy, f1 = accuracy_and_macro_f1(confusion.view(n_classes, n_classes))
+        return {MAJORITY_PREFIX + self.metric: f1 if self.metric == "val_f1" else accuracy}
 
     def _forward_only(self, inputs: dict[str, torch.Tensor]) -> Any:
         """The model on a CPU batch, moved to the device, under the trial's autocast (feature cache)."""
@@ -803,7 +989,11 @@ class _Trial:
 
         params = self.params
         groups = parameter_groups(
-            self.model, params.weight_decay, params.learning_rate, params.layerwise_lr_decay
+            self.model,
+            params.weight_decay,
+            params.learning_rate,
+            params.layerwise_lr_decay,
+            head_learning_rate=params.head_lr(),
         )
         # The fused kernel (CPU and CUDA) updates all parameters in one pass: on CPU it is ~5x
         # faster than the default for-loop, which otherwise costs as much as the backward pass.
@@ -935,7 +1125,7 @@ class _Trial:
         )
         # Checkpoint first: a trial pruned or killed while reporting resumes after this epoch.
         self.ctx.save_checkpoint(self._state(epoch))
-        self.ctx.report(epoch, metrics)
+        self.ctx.report(epoch, {**metrics, **self._majority_metrics(epoch)})
 
     def _track_best(self, epoch: int, value: float) -> None:
         direction = self.ctx.direction
@@ -1089,20 +1279,15 @@ class _Trial:
     # ---- the result ----------------------------------------------------------------------
 
     def _result(self) -> dict[str, float]:
-        """The best epoch's metrics, ``best_epoch``, ``epochs_run`` and, with a test split, ``test_*``."""
+        """The best epoch's metrics, ``best_epoch`` and ``epochs_run`` (validation only: no ``test_*``)."""
         if not self.history:
             return {}
         best_epoch = self.best["epoch"]
-        result = {
+        return {
             **self.history[best_epoch - 1],
             "best_epoch": float(best_epoch),
             "epochs_run": float(len(self.history)),
         }
-        if self.test is not None:
-            self._load_weights(self.best["weights"])
-            test_loss, test_accuracy, test_f1 = self._evaluate(self.test, "test")
-            result.update(test_loss=test_loss, test_accuracy=test_accuracy, test_f1=test_f1)
-        return result
 
 
 def _seed_everything(seed: int) -> None:
