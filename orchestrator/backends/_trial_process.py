@@ -32,7 +32,7 @@ from orchestrator.messages import (
 )
 
 # Imported here, not in run_job, so that the fork server has it loaded before trials fork.
-from trainers.base import TrialContext, TrialDiverged, TrialPruned, load_trainer_class
+from trainers.base import FinalFitRequest, TrialContext, TrialDiverged, TrialPruned, load_trainer_class
 
 if TYPE_CHECKING:
     from orchestrator.session import StudySession, TrialHandle
@@ -75,6 +75,8 @@ class TrialJob:
     checkpoint_dir: str | None
     log_path: str | None
     cache_dir: str | None = None
+    #: Set for a fit of ``ftsweep final``: the trainer's ``final_fit`` runs instead of ``run``.
+    final: FinalFitRequest | None = None
 
 
 def make_job(
@@ -186,8 +188,12 @@ def run_job(job: TrialJob, reporter: Any) -> TrialOutcome:
             logger=lambda line: print(line, flush=True),
         )
         print(f"trial {job.trial_number} on {job.device}: {params}", flush=True)
+
+        def fit() -> dict[str, float]:
+            return trainer.final_fit(context, job.final) if job.final is not None else trainer.run(context)
+
         try:
-            result = trainer.run(context)
+            result = fit()
         except Exception as error:
             retry = trainer.on_out_of_memory(dict(params)) if _is_out_of_memory(error) else None
             if retry is None:
@@ -202,7 +208,7 @@ def run_job(job: TrialJob, reporter: Any) -> TrialOutcome:
             )
             _free_accelerator_memory()
             try:
-                result = trainer.run(context)
+                result = fit()
             except Exception as again:
                 if _is_out_of_memory(again):
                     raise RuntimeError(f"out of memory even when retried with {changed}: {again}") from again
@@ -236,7 +242,8 @@ def is_disk_full(error: BaseException) -> bool:
         seen.add(id(current))
         if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
-        if "No space left on device" in str(current) or "os error 28" in str(current):
+        text = str(current)
+        if "No space left on device" in text or "os error 28" in text or "database or disk is full" in text:
             return True
         current = current.__cause__ or current.__context__
     return False

@@ -132,9 +132,13 @@ class LocalBackend(BaseBackend):
         finally:
             session.progress.stop()
             self._restore_signal_handlers(previous)
+            # Only after an error: no trial it started may stay in flight (the contract, backends.base).
             for entry in running.values():
                 if entry.process.is_alive():
                     entry.process.kill()
+                with contextlib.suppress(Exception):  # the error itself may be the store's
+                    session.interrupt(entry.handle, "the driver stopped on an error before the trial ended")
+                entry.close()
 
     # -- processes --
     def _launch(self, context: Any, session: StudySession, handle: TrialHandle, slot: Slot) -> _Running:
