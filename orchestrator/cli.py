@@ -240,7 +240,8 @@ def _finish(outcome: object) -> int:
         print(continue_hint, file=stream)
         print(f"ftsweep: error: {result.stopped_by}", file=stream)
         return EXIT_USER
-    if result.failed and result.failed == result.finished:
+    interrupted = reason is StopReason.SIGNAL and outcome.n_counted < outcome.n_trials
+    if result.failed and result.failed == result.finished and not interrupted:
         print(f"ftsweep: error: every trial of this run failed; first error: {result.first_error}", file=stream)
         return EXIT_USER
     if reason is not None and outcome.n_counted < outcome.n_trials:
