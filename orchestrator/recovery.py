@@ -98,6 +98,11 @@ def queue_rerun(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     attrs: dict[str, Any] = {RERUN_OF_ATTR: trial.number, ATTEMPT_ATTR: attempt_of(trial) + 1}
     if trial.user_attrs.get(RUN_ID_ATTR):
         attrs[RUN_ID_ATTR] = trial.user_attrs[RUN_ID_ATTR]
+    from orchestrator.first_trials import PRESET_ATTR, PRESET_DEFAULTS_ATTR
+
+    for key in (PRESET_ATTR, PRESET_DEFAULTS_ATTR):  # a preset re-run keeps the defaults it ran with
+        if key in trial.user_attrs:
+            attrs[key] = trial.user_attrs[key]
     study.enqueue_trial(trial.params, user_attrs=attrs, skip_if_exists=False)
 
 

@@ -14,6 +14,7 @@ import yaml
 from orchestrator.config import Sweep
 from orchestrator.devices import Slot, plan_slots, visible_gpu_ids
 from orchestrator.errors import ConfigError
+from orchestrator.first_trials import enqueue_first_trials
 from orchestrator.plan import SweepPlan, plan_sweep
 from orchestrator.progress import Progress
 from orchestrator.session import SessionResult, StudySession
@@ -122,6 +123,7 @@ def run_sweep(
         tracker = _open_tracker(sweep, tracking)
         try:
             study = create_study(sweep, storage, sampler, pruner)
+            enqueue_first_trials(study, plan)
         except BaseException:
             if tracker is not None:
                 tracker.close(status=None)

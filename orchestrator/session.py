@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ftsweep_common.trial_metrics import MAJORITY_PREFIX
+from orchestrator.first_trials import PRESET_DEFAULTS_ATTR
 from orchestrator.recovery import (
     HEARTBEAT_SECONDS,
     MAX_ATTEMPTS,
@@ -280,7 +281,9 @@ class StudySession:
     def ask(self, device: str) -> TrialHandle:
         """Start a trial: sample its parameters, record its device, open its MLflow run."""
         trial = self.study.ask()
-        sampled = self.plan.space.suggest(trial, self.plan.fixed_params)
+        # A preset first trial (orchestrator.first_trials) keeps the trainer's default where it has no point.
+        keep = trial.user_attrs.get(PRESET_DEFAULTS_ATTR) or ()
+        sampled = self.plan.space.suggest(trial, self.plan.fixed_params, keep_default=keep)
         params = self.plan.trial_params(sampled)
         rerun_of = trial.user_attrs.get(RERUN_OF_ATTR)
         previous_run_id = trial.user_attrs.get(RUN_ID_ATTR)

@@ -16,7 +16,7 @@ sweep). Named spaces are the ``*.yaml`` files in this package's folder.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -150,15 +150,19 @@ class SearchSpace:
         """A copy without the named parameters (those the sweep file fixes)."""
         return SearchSpace({k: v for k, v in self.specs.items() if k not in names}, self.source, self.symbols)
 
-    def suggest(self, trial: Any, fixed: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def suggest(
+        self, trial: Any, fixed: Mapping[str, Any] | None = None, keep_default: Collection[str] = ()
+    ) -> dict[str, Any]:
         """Sample every active parameter through an Optuna trial (``trial.suggest_*``).
 
-        A parameter whose ``when`` is not met by the values sampled so far (or fixed) is skipped.
+        A parameter whose ``when`` is not met by the values sampled so far (or fixed) is skipped, and so
+        is one named in ``keep_default`` (the trainer's default applies: a preset first trial whose
+        default, such as "the model's own dropout", is not a point of the space).
         """
         context = dict(fixed or {})
         sampled: dict[str, Any] = {}
         for name, spec in self.specs.items():
-            if not is_active(spec, context):
+            if name in keep_default or not is_active(spec, context):
                 continue
             if spec.type == "categorical":
                 value = trial.suggest_categorical(name, spec.choices)
@@ -215,6 +219,17 @@ class SearchSpace:
             name: spec.model_dump(exclude_none=True, exclude_defaults=True) | {"type": spec.type}
             for name, spec in self.specs.items()
         }
+
+
+def contains(spec: ParamSpec, value: Any) -> bool:
+    """True when ``value`` is a point of the (resolved) parameter ``spec``."""
+    if spec.type == "categorical":
+        return value in (spec.choices or [])
+    if isinstance(value, bool) or not isinstance(value, int | float) or value is None:
+        return False
+    if spec.type == "int" and int(value) != value:
+        return False
+    return float(spec.low) <= float(value) <= float(spec.high)  # type: ignore[arg-type]
 
 
 def is_active(spec: ParamSpec, context: Mapping[str, Any]) -> bool:

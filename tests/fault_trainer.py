@@ -126,3 +126,9 @@ class BrokenCheckTrainer(FaultTrainer):
 
     def check(self) -> None:
         raise ZeroDivisionError("a bug in the trainer's own code")
+
+
+class PresetFaultTrainer(FaultTrainer):
+    """A fault trainer whose new studies first try its default (x = 0) and one preset (x = 2.5)."""
+
+    first_trials = (("default", {}), ("far", {"x": 2.5}))

@@ -101,7 +101,11 @@ def test_load_by_name(tmp_path: Path) -> None:
     space = load_search_space("regularization", base_dir=tmp_path)
 
     assert space.names == [
+        "strategy",
+        "probe_l2",
         "learning_rate",
+        "head_learning_rate",
+        "min_steps",
         "weight_decay",
         "dropout",
         "label_smoothing",

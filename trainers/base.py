@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
@@ -147,6 +147,41 @@ class TrialContext:
         self.logger(message)
 
 
+@dataclass(frozen=True)
+class FinalFitRequest:
+    """What ``ftsweep final`` asks of one fit of the chosen (or the default) parameters.
+
+    Attributes:
+        refit: ``"train"``: train on the training split and keep the best validation epoch (as the
+            trial did); ``"train+val"``: train on the training and validation splits together for
+            exactly ``epochs`` epochs (no split is left to choose an epoch with).
+        epochs: the epoch count of a ``train+val`` fit (the trial's best epoch); None for ``train``.
+        output_dir: the fit's own folder. The fit writes the model a user can load into
+            ``output_dir / "model"`` and the predicted class probabilities of each split into
+            ``output_dir / "predictions.json"`` (:func:`trainers.final_fit.write_predictions`); the
+            orchestrator computes every test metric from them.
+        evaluate_test: read and predict the test split (False when the data has none).
+    """
+
+    refit: Literal["train", "train+val"]
+    epochs: int | None
+    output_dir: Path
+    evaluate_test: bool = True
+
+
+class Predictor(Protocol):
+    """A model exported by :meth:`BaseTrainer.final_fit`, loaded for ``ftsweep predict``."""
+
+    #: The class names, in the order of the probability columns.
+    labels: list[str]
+    #: The input column the model reads (the training data's text column).
+    input_column: str
+
+    def predict_proba(self, texts: list[str]) -> Any:
+        """Class probabilities, one row per text (an array of shape ``(len(texts), len(labels))``)."""
+        ...
+
+
 class BaseTrainer(ABC):
     """A family of models ftsweep can tune.
 
@@ -174,6 +209,10 @@ class BaseTrainer(ABC):
     default_direction: ClassVar[Literal["maximize", "minimize"]] = "maximize"
     #: The shipped search space (``search_space``) when the sweep file gives none; None: it must give one.
     default_search_space: ClassVar[str | None] = None
+    #: Configurations a new study tries first, in order, by name: each is the trainer's defaults with
+    #: these values over them (``{}``: the defaults themselves), tried when every value it sets is in
+    #: the search space. So a sweep never ends worse than what a user gets without one.
+    first_trials: ClassVar[tuple[tuple[str, dict[str, Any]], ...]] = ()
 
     def __init__(self, settings: StrictModel, base_dir: Path) -> None:
         """Args:
@@ -215,6 +254,15 @@ class BaseTrainer(ABC):
             ``{"freeze_depth": "5 is more than the 2 layers of ...; allowed: 0 to 2"}``.
         """
         return {}
+
+    def splits(self) -> dict[str, Path | None]:
+        """The splits of the data, by name (``train``, ``validation``, ``test``), with the file of each.
+
+        ``ftsweep final`` tests only when ``test`` is among them, and refuses ``--refit train+val``
+        without ``validation``. A split with no file of its own (validation taken from the training
+        file) maps to None. The default: training and validation splits, no files named.
+        """
+        return {"train": None, "validation": None}
 
     def input_paths(self) -> list[Path]:
         """Local files and folders every trial reads (data, model): on a cluster, every node must see them."""
@@ -259,6 +307,44 @@ class BaseTrainer(ABC):
         """
         return None
 
+    # -- the final model (``ftsweep final`` / ``ftsweep predict``); optional hooks --
+    def final_fit(self, ctx: TrialContext, request: FinalFitRequest) -> dict[str, float]:
+        """Fit the final model once, export it and predict every split (see :class:`FinalFitRequest`).
+
+        Called in a trial process exactly as :meth:`run` is (device, log, checkpoints, ``ctx.report``
+        after each epoch), so a killed fit continues from its last checkpoint when ``final`` is run
+        again. A trainer that does not override it cannot take part in ``ftsweep final``.
+
+        Returns:
+            the fit's own figures (``best_epoch``, ``epochs_run``, validation metrics).
+        """
+        raise NotImplementedError
+
+    def baseline_params(self) -> dict[str, Any]:
+        """The parameters a user would get without a search (``ftsweep final --baseline``).
+
+        The default: every parameter's default value, with the values the sweep file fixes.
+        """
+        defaults = self.Params().model_dump() if _all_defaulted(self.Params) else {}
+        return {**defaults, **self.fixed_params()}
+
+    @classmethod
+    def load_predictor(cls, model_dir: Path, device: str) -> Predictor:
+        """The model that :meth:`final_fit` exported into ``model_dir``, ready to predict on ``device``.
+
+        Raises:
+            ftsweep_common.errors.UserError: when ``model_dir`` holds no model this trainer exported.
+        """
+        raise NotImplementedError
+
+    @classmethod
+    def implements_final(cls) -> bool:
+        """True when the trainer overrides :meth:`final_fit` and :meth:`load_predictor`."""
+        return (
+            cls.final_fit is not BaseTrainer.final_fit
+            and cls.load_predictor.__func__ is not BaseTrainer.load_predictor.__func__  # type: ignore[attr-defined]
+        )
+
     @abstractmethod
     def run(self, ctx: TrialContext) -> dict[str, float]:
         """Train one trial, calling ``ctx.report`` after every epoch.
@@ -270,6 +356,10 @@ class BaseTrainer(ABC):
             TrialPruned: from ``ctx.report``; let it through.
             TrialDiverged: when the loss is not finite.
         """
+
+
+def _all_defaulted(model: type[StrictModel]) -> bool:
+    return all(not field.is_required() for field in model.model_fields.values())
 
 
 def registered_trainers() -> list[str]:

@@ -210,9 +210,22 @@ class TextClassificationParams(StrictModel):
             "head is already fitted)."
         ),
     )
+    min_steps: int = Field(
+        0,
+        ge=0,
+        description=(
+            "At least this many optimizer steps: on a small training set the trial runs more epochs than "
+            "'epochs' to reach them (0: exactly 'epochs')."
+        ),
+    )
     probe_l2: float = Field(
         1e-3, ge=0, description="L2 strength of the linear probe's logistic regression (linear_probe, lp_ft)."
     )
+
+    def epochs_for(self, n_train: int) -> int:
+        """Epochs a trial on ``n_train`` training examples runs: ``epochs``, or more for ``min_steps``."""
+        steps_per_epoch = max(1, math.ceil(n_train / self.batch_size))
+        return max(self.epochs, math.ceil(self.min_steps / steps_per_epoch))
 
     def head_lr(self) -> float:
         """The head's learning rate these parameters give (see ``head_learning_rate``)."""
@@ -242,6 +255,7 @@ class TextClassificationTrainer(BaseTrainer):
     default_metric = "val_f1"
     default_direction = "maximize"
     default_search_space = "regularization"
+    first_trials = (("default", {}), ("linear probe", {"strategy": "linear_probe"}))
     # transformers imports its model machinery lazily, on the first from_pretrained (over a
     # second); importing it once per worker, before trials fork, takes that off every trial.
     preload_modules = (
@@ -288,6 +302,7 @@ class TextClassificationTrainer(BaseTrainer):
             ConfigError: when ``max_length`` exceeds what the model supports.
         """
         data = load_splits(self.settings.data, self.base_dir)
+        self._n_train = len(data.train.texts)
         config = self.model_config()
         _require_classifier_family(self.settings.model, config)
         _require_weights(self.settings.model, self.model_path)
@@ -351,7 +366,11 @@ class TextClassificationTrainer(BaseTrainer):
         """A linear probe is fitted (and reports) once; every other strategy trains ``epochs`` epochs."""
         if params.get("strategy") == "linear_probe":
             return 1
-        return super().max_epochs(params)
+        epochs = super().max_epochs(params)
+        n_train = getattr(self, "_n_train", None)  # known after check(), which the planning step runs
+        if epochs is None or n_train is None or not params.get("min_steps"):
+            return epochs
+        return TextClassificationParams(**{**params, "epochs": epochs}).epochs_for(n_train)
 
     def on_out_of_memory(self, params: dict[str, Any]) -> dict[str, Any] | None:
         """Half the per-step batch, twice the accumulation: the same effective batch in less memory."""
@@ -679,7 +698,7 @@ class _Trial:
             self._setup_features()
             self._setup_optimization()
             start = self._resume()
-            for epoch in range(start, self.params.epochs + 1):
+            for epoch in range(start, self.n_epochs + 1):
                 if self._should_stop():
                     break
                 self._run_epoch(epoch)
@@ -749,6 +768,12 @@ class _Trial:
         self.train_ids = self.tokens["train"].ids
         self.train_lengths = [len(ids) for ids in self.train_ids]
         self.train_labels = torch.tensor(data.train.label_ids(self.labels), dtype=torch.long)
+        self.n_epochs = self.params.epochs_for(len(self.train_ids))
+        if self.n_epochs > self.params.epochs:
+            self.ctx.log(
+                f"{self.n_epochs} epochs instead of {self.params.epochs}: "
+                f"min_steps {self.params.min_steps} on {len(self.train_ids)} training examples"
+            )
         self.eval_size = self.settings.eval_batch_size or 2 * self.params.batch_size
         self.validation = self._eval_batches(
             self.tokens["validation"].ids, data.validation.label_ids(self.labels)
@@ -999,7 +1024,7 @@ class _Trial:
         # faster than the default for-loop, which otherwise costs as much as the backward pass.
         self.optimizer = torch.optim.AdamW(groups, lr=params.learning_rate, fused=True)
         self.steps_per_epoch = math.ceil(len(self.train_ids) / params.batch_size)
-        total = self.steps_per_epoch * params.epochs
+        total = self.steps_per_epoch * self.n_epochs
         self.scheduler = get_linear_schedule_with_warmup(
             self.optimizer, int(params.warmup_ratio * total), total
         )
