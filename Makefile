@@ -16,7 +16,7 @@ help:
 	@echo "make test        install, then run the whole test suite (what CI runs)"
 	@echo "make test-quick  the suite without the slow end-to-end tests"
 	@echo "make demo        install, then run the bundled demo sweep on the CPU (about 3 minutes)"
-	@echo "make lint        ruff"
+	@echo "make lint        ruff check, ruff format --check and mypy (what CI checks)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,8 +39,13 @@ demo: install
 	  --set study.storage=sqlite:///demo.db --set tracking.mlflow_uri=sqlite:///demo-mlflow.db \
 	  && ../../$(BIN)/ftsweep best campaign-demo --storage sqlite:///demo.db
 
+LINT_PATHS := ftsweep_common orchestrator trainers search_spaces tests bench examples
+TYPED_PACKAGES := ftsweep_common orchestrator trainers search_spaces
+
 lint: install
-	$(BIN)/ruff check orchestrator trainers search_spaces tests bench examples
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/mypy $(TYPED_PACKAGES)
 
 clean:
 	rm -rf $(VENV) examples/campaign/demo.db examples/campaign/demo-mlflow.db examples/campaign/mlartifacts \

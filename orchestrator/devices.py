@@ -116,6 +116,7 @@ def plan_slots(
         threads = _threads(n_cpus, count, threads_per_trial)
         return [Slot(i, (), threads) for i in range(count)]
 
+    groups: list[tuple[str, ...]]  # the GPU ids of each slot
     if gpus_per_trial < 1:
         per_gpu = math.floor(1 / gpus_per_trial + 1e-9)
         groups = [(gpu,) for _ in range(per_gpu) for gpu in gpu_ids]

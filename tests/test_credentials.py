@@ -194,6 +194,17 @@ def _session_command_lines(session: int) -> dict[int, str]:
     return lines
 
 
+def _answers(port: int) -> bool:
+    """Whether an HTTP server on 127.0.0.1:``port`` answers ``/health``."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -210,8 +221,9 @@ def test_ui_prints_and_passes_the_tracking_uri_without_its_password(tmp_path: Pa
     secret = _secret()
     tracking = f"postgresql+psycopg://postgres:{secret}@{HOST}/{_mlflow_database()}"
     # From the environment, so that ftsweep's own command line holds no password either.
+    port = _free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "ui", "--port", str(_free_port())],
+        [sys.executable, "-m", "orchestrator.cli", "ui", "--port", str(port)],
         cwd=tmp_path,
         env=cli_env(MLFLOW_TRACKING_URI=tracking),
         stdout=subprocess.PIPE,
@@ -224,11 +236,16 @@ def test_ui_prints_and_passes_the_tracking_uri_without_its_password(tmp_path: Pa
         first_line = process.stdout.readline()
         assert "postgresql+psycopg://postgres:***@" in first_line and secret not in first_line
         # ftsweep became the MLflow UI (same pid), which starts its server processes: every command line
-        # of the session, as any user of the machine sees them with `ps`, for a while.
+        # of the session, as any user of the machine sees them with `ps`, until the server answers
+        # (all of its processes are up then), however long a loaded machine takes to get there.
         seen: dict[int, str] = {}
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and process.poll() is None:
+        deadline = time.monotonic() + 240
+        while process.poll() is None:
             seen.update(_session_command_lines(process.pid))
+            if _answers(port):
+                seen.update(_session_command_lines(process.pid))
+                break
+            assert time.monotonic() < deadline, f"the MLflow UI did not answer within 240 s; seen: {seen}"
             time.sleep(0.2)
         assert any("bin/mlflow ui" in line for line in seen.values()), seen
         assert not [line for line in seen.values() if secret in line or "postgresql" in line], seen
