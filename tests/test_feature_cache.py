@@ -136,7 +136,7 @@ def test_metrics_are_the_same_with_the_cache_on_and_off(
     model = request.getfixturevalue({"bert": "tiny_model"}.get(family, f"{family}_model"))
     off = run_trial(make_trainer(model, toy_data, tmp_path, feature_cache=False), {"freeze_depth": 1})
     on = run_trial(make_trainer(model, toy_data, tmp_path), {"freeze_depth": 1}, tmp_path / "cache")
-    assert cache_lines(on[2]) == {"train": "computed", "validation": "computed", "test": "computed"}
+    assert cache_lines(on[2]) == {"train": "computed", "validation": "computed"}
     assert cache_lines(off[2]) == {}
     assert len(on[1]) == 2 and all(math.isfinite(value) for value in on[1][-1].values())
     assert_same_trial(off, on)
@@ -194,7 +194,7 @@ def test_a_resumed_trial_with_the_cache_replays_the_uncached_one(
         logger=logs.append,
     )
     result = trainer.run(ctx)
-    assert cache_lines(logs) == {"train": "loaded", "validation": "loaded", "test": "loaded"}
+    assert cache_lines(logs) == {"train": "loaded", "validation": "loaded"}
     for epoch, metrics in reports:
         assert metrics == pytest.approx(full[1][epoch - 1], abs=1e-5)
     assert result == pytest.approx(full[0], abs=1e-5)
@@ -224,15 +224,15 @@ def test_depth_zero_and_the_switch_cache_nothing(
     assert cache_lines(logs) == {} and not (tmp_path / "b" / "features").exists()
 
 
-def test_augmentation_caches_validation_and_test_not_train(
+def test_augmentation_caches_validation_not_train(
     tiny_model: Path, toy_data: dict[str, Path], tmp_path: Path
 ) -> None:
     params = {"freeze_depth": 1, "augmentation": "token_dropout", "augmentation_prob": 0.2}
     off = run_trial(make_trainer(tiny_model, toy_data, tmp_path, feature_cache=False), params)
     on = run_trial(make_trainer(tiny_model, toy_data, tmp_path), params, tmp_path / "cache")
-    assert cache_lines(on[2]) == {"validation": "computed", "test": "computed"}
+    assert cache_lines(on[2]) == {"validation": "computed"}
     assert any("train not cached (token_dropout augmentation" in line for line in on[2])
-    assert len(entries(tmp_path / "cache")) == 2
+    assert len(entries(tmp_path / "cache")) == 1
     assert_same_trial(off, on)
 
 
@@ -248,10 +248,10 @@ def test_a_second_trial_with_the_same_depth_reuses_the_cache(
     cache = tmp_path / "cache"
     first = run_trial(trainer, {"freeze_depth": 1}, cache)
     written = entries(cache)
-    assert len(written) == 3
+    assert len(written) == 2
     # Other hyperparameters, same frozen part: the states are read, not computed again.
     second = run_trial(trainer, {"freeze_depth": 1, "learning_rate": 1e-3, "dropout": 0.3}, cache)
-    assert cache_lines(second[2]) == {"train": "loaded", "validation": "loaded", "test": "loaded"}
+    assert cache_lines(second[2]) == {"train": "loaded", "validation": "loaded"}
     assert entries(cache) == written  # no new entry, none rewritten
     again = run_trial(trainer, {"freeze_depth": 1}, cache)
     assert_same_trial(first, again, tolerance=0.0)  # read back exactly as written
@@ -263,12 +263,12 @@ def test_a_deeper_depth_starts_from_the_shallower_cache(
     trainer = make_trainer(tiny_model, toy_data, tmp_path)
     run_trial(trainer, {"freeze_depth": 1}, tmp_path / "cache")
     deeper = run_trial(trainer, {"freeze_depth": 2}, tmp_path / "cache")
-    assert cache_lines(deeper[2]) == {"train": "extended", "validation": "extended", "test": "extended"}
+    assert cache_lines(deeper[2]) == {"train": "extended", "validation": "extended"}
     assert any("from the depth-1 cache" in line for line in deeper[2])
-    assert len(entries(tmp_path / "cache")) == 6
+    assert len(entries(tmp_path / "cache")) == 4
     # Extending block by block gives the states computing from scratch gives.
     fresh = run_trial(trainer, {"freeze_depth": 2}, tmp_path / "fresh")
-    assert cache_lines(fresh[2]) == {"train": "computed", "validation": "computed", "test": "computed"}
+    assert cache_lines(fresh[2]) == {"train": "computed", "validation": "computed"}
     assert_same_trial(fresh, deeper)
     import numpy as np
 
@@ -286,18 +286,18 @@ def test_the_key_follows_max_length_data_and_depth(
 ) -> None:
     cache = tmp_path / "cache"
     run_trial(make_trainer(tiny_model, toy_data, tmp_path), {"freeze_depth": 1}, cache)
-    assert len(entries(cache)) == 3
+    assert len(entries(cache)) == 2
     # Shorter truncation: other token ids, other states for every split.
     _, _, logs = run_trial(
         make_trainer(tiny_model, toy_data, tmp_path, max_length=8), {"freeze_depth": 1}, cache
     )
-    assert cache_lines(logs) == {"train": "computed", "validation": "computed", "test": "computed"}
-    assert len(entries(cache)) == 6
-    # Other training rows: a new training entry; validation and test are the same texts, read back.
+    assert cache_lines(logs) == {"train": "computed", "validation": "computed"}
+    assert len(entries(cache)) == 4
+    # Other training rows: a new training entry; validation is the same texts, read back.
     other = {**toy_data, "train": write_csv(tmp_path / "other" / "train.csv", make_rows(48, seed=9))}
     _, _, logs = run_trial(make_trainer(tiny_model, other, tmp_path), {"freeze_depth": 1}, cache)
-    assert cache_lines(logs) == {"train": "computed", "validation": "loaded", "test": "loaded"}
-    assert len(entries(cache)) == 7
+    assert cache_lines(logs) == {"train": "computed", "validation": "loaded"}
+    assert len(entries(cache)) == 5
     # The key itself: each ingredient changes it.
     base = features_key("model", "ids", 16, 1, "float32", "fp32")
     variants = [
@@ -375,16 +375,16 @@ def test_a_fill_stores_the_depths_it_passes_through_for_shallower_trials(
     trainer = make_trainer(deep_model, toy_data, tmp_path)
     cache = tmp_path / "cache"
     deep = run_trial(trainer, {"freeze_depth": 3}, cache)
-    assert cache_lines(deep[2]) == {"train": "computed", "validation": "computed", "test": "computed"}
-    assert stored_too(deep[2]) == {"train": [1, 2], "validation": [1, 2], "test": [1, 2]}
+    assert cache_lines(deep[2]) == {"train": "computed", "validation": "computed"}
+    assert stored_too(deep[2]) == {"train": [1, 2], "validation": [1, 2]}
     written = entries(cache)
-    assert len(written) == 9  # 3 splits x depths 1, 2, 3
-    assert sorted(meta["depth"] for meta in entry_meta(cache).values()) == [1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert len(written) == 6  # 2 splits (trials never read test) x depths 1, 2, 3
+    assert sorted(meta["depth"] for meta in entry_meta(cache).values()) == [1, 1, 2, 2, 3, 3]
     assert not [path for path in (cache / "features").iterdir() if path.name.endswith(".tmp")]
     # The shallower trials find their entries: read, nothing computed, nothing rewritten.
     for depth in (2, 1):
         shallower = run_trial(trainer, {"freeze_depth": depth}, cache)
-        assert cache_lines(shallower[2]) == {"train": "loaded", "validation": "loaded", "test": "loaded"}
+        assert cache_lines(shallower[2]) == {"train": "loaded", "validation": "loaded"}
         assert stored_too(shallower[2]) == {}
         assert entries(cache) == written
         # ... and their metrics are the uncached trial's.
@@ -395,8 +395,8 @@ def test_a_fill_stores_the_depths_it_passes_through_for_shallower_trials(
     # An intermediate entry holds what a fill to that depth itself computes, under the same key.
     fresh = tmp_path / "fresh"
     computed = run_trial(trainer, {"freeze_depth": 2}, fresh)
-    assert cache_lines(computed[2]) == {"train": "computed", "validation": "computed", "test": "computed"}
-    assert stored_too(computed[2]) == {"train": [1], "validation": [1], "test": [1]}
+    assert cache_lines(computed[2]) == {"train": "computed", "validation": "computed"}
+    assert stored_too(computed[2]) == {"train": [1], "validation": [1]}
     assert set(entries(fresh)) < set(written)
     for name in entries(fresh):
         np.testing.assert_allclose(
@@ -414,14 +414,14 @@ def test_an_extending_fill_stores_the_depths_between_its_start_and_its_end(
     cache = tmp_path / "cache"
     run_trial(trainer, {"freeze_depth": 1}, cache)
     deeper = run_trial(trainer, {"freeze_depth": 4}, cache)
-    assert cache_lines(deeper[2]) == {"train": "extended", "validation": "extended", "test": "extended"}
+    assert cache_lines(deeper[2]) == {"train": "extended", "validation": "extended"}
     assert all("from the depth-1 cache" in line for line in deeper[2] if "stored too" in line)
-    assert stored_too(deeper[2]) == {"train": [2, 3], "validation": [2, 3], "test": [2, 3]}
+    assert stored_too(deeper[2]) == {"train": [2, 3], "validation": [2, 3]}
     metas = entry_meta(cache)
-    assert sorted(meta["depth"] for meta in metas.values()) == [1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4]
+    assert sorted(meta["depth"] for meta in metas.values()) == [1, 1, 2, 2, 3, 3, 4, 4]
     assert {meta["from_depth"] for meta in metas.values() if meta["depth"] > 1} == {1}
     middle = run_trial(trainer, {"freeze_depth": 3}, cache)
-    assert cache_lines(middle[2]) == {"train": "loaded", "validation": "loaded", "test": "loaded"}
+    assert cache_lines(middle[2]) == {"train": "loaded", "validation": "loaded"}
     off = run_trial(make_trainer(deep_model, toy_data, tmp_path, feature_cache=False), {"freeze_depth": 3})
     assert_same_trial(off, middle)
 
@@ -507,12 +507,12 @@ def test_the_extra_disk_is_bounded(deep_model: Path, tmp_path: Path) -> None:
 
 def test_the_sweep_file_bounds_the_extra_disk(tiny_model: Path, toy_data: dict[str, Path], tmp_path: Path) -> None:
     default = run_trial(make_trainer(tiny_model, toy_data, tmp_path), {"freeze_depth": 2}, tmp_path / "default")
-    assert sum("stored too" in line for line in default[2]) == 3
-    assert len(entries(tmp_path / "default")) == 6  # depths 1 and 2 of train, validation and test
+    assert sum("stored too" in line for line in default[2]) == 2
+    assert len(entries(tmp_path / "default")) == 4  # depths 1 and 2 of train and validation
     bounded = make_trainer(tiny_model, toy_data, tmp_path, feature_cache_intermediate_mb=0)
     own_only = run_trial(bounded, {"freeze_depth": 2}, tmp_path / "bounded")
     assert not [line for line in own_only[2] if "stored too" in line]
-    assert len(entries(tmp_path / "bounded")) == 3
+    assert len(entries(tmp_path / "bounded")) == 2
     assert_same_trial(default, own_only)
 
 
@@ -536,12 +536,12 @@ def test_beyond_the_memory_budget_states_are_memory_mapped(
     off = run_trial(make_trainer(tiny_model, toy_data, tmp_path, feature_cache=False), {"freeze_depth": 1})
     trainer = make_trainer(tiny_model, toy_data, tmp_path, feature_cache_memory_mb=0)
     shared = run_trial(trainer, {"freeze_depth": 1}, tmp_path / "cache")
-    assert sum("memory-mapped from " + str(tmp_path / "cache") in line for line in shared[2]) == 3
+    assert sum("memory-mapped from " + str(tmp_path / "cache") in line for line in shared[2]) == 2  # train and validation
     assert_same_trial(off, shared)
     # No study folder: a temporary one, removed when the trial ends.
     private = run_trial(trainer, {"freeze_depth": 1})
     mapped = [line for line in private[2] if "memory-mapped from " in line]
-    assert len(mapped) == 3
+    assert len(mapped) == 2
     folder = Path(mapped[0].split("memory-mapped from ")[1].rstrip(")"))
     assert not folder.exists() and not folder.parent.exists()
     assert_same_trial(off, private)
@@ -559,7 +559,7 @@ def test_half_precision_storage(
         {"freeze_depth": 1},
         tmp_path / "c",
     )
-    assert cache_lines(on[2]) == {"train": "computed", "validation": "computed", "test": "computed"}
+    assert cache_lines(on[2]) == {"train": "computed", "validation": "computed"}
     stored = np.load(next(iter((tmp_path / "c" / "features").glob("*/states.npy"))))
     assert stored.dtype == (np.float16 if dtype == "float16" else np.uint16)
     # Half-precision rounding of the frozen output: close to the float32 trial, not equal.
@@ -702,12 +702,12 @@ def test_two_trials_filling_one_cache_at_once(
         process.join(timeout=60)
         assert process.exitcode == 0
     # Every split computed by exactly one of the two, read by the other.
-    for split in ("train", "validation", "test"):
+    for split in ("train", "validation"):
         assert sorted(lines[split] for _, lines, _ in outcomes) == ["computed", "loaded"]
     # The token ids too: each split tokenized by one process, read by the other.
-    assert sorted(outcomes[0][2] + outcomes[1][2]) == ["test", "train", "validation"]
+    assert sorted(outcomes[0][2] + outcomes[1][2]) == ["train", "validation"]
     assert outcomes[0][0] == pytest.approx(outcomes[1][0], abs=1e-6)
     root = tmp_path / "cache" / "features"
-    assert len(entries(tmp_path / "cache")) == 3
+    assert len(entries(tmp_path / "cache")) == 2
     assert not [path for path in root.iterdir() if path.name.endswith(".tmp")]
     shutil.rmtree(tmp_path / "cache")

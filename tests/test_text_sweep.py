@@ -49,7 +49,9 @@ def test_four_trials_two_workers_with_the_tiny_model(tmp_path: Path, tiny_model:
         steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "val_f1"))
         assert steps == sorted(study.trials[number].intermediate_values)
     complete = [run for run in children if run.data.tags["ftsweep.state"] == "COMPLETE"]
-    assert complete and all("final_test_f1" in run.data.metrics for run in complete)
+    assert complete and all("final_val_f1" in run.data.metrics for run in complete)
+    # The test split is for the final model only: no trial run carries a test metric.
+    assert not [key for run in children for key in run.data.metrics if "test_" in key]
 
     best = run_cli(["best", "tiny", "--format", "json"], cwd=tmp_path)
     assert best.returncode == 0 and '"metric": "val_f1"' in best.stdout

@@ -45,7 +45,8 @@ class DataSettings(StrictModel):
     test: str | None = Field(
         None,
         description=(
-            "Test file, evaluated once at the end of a trial with its best weights; never used to select."
+            "Test file: read only by `ftsweep final`, which evaluates the final model on it once. Trials "
+            "never read it (planning checks that it is valid), so no choice can be made on it."
         ),
     )
     text_column: str = Field("text", min_length=1, description="The column that holds the text.")
@@ -304,13 +305,17 @@ def resolve_path(value: str, base_dir: Path) -> Path:
     return path if path.is_absolute() else Path(base_dir) / path
 
 
-def load_splits(settings: DataSettings, base_dir: Path, seed: int | None = None) -> LabelledData:
+def load_splits(
+    settings: DataSettings, base_dir: Path, seed: int | None = None, *, include_test: bool = True
+) -> LabelledData:
     """Read the splits named by ``settings`` and check that they can train a classifier.
 
     Args:
         settings: the ``trainer.data`` section.
         base_dir: the folder relative paths resolve against (the sweep file's).
         seed: seed of the validation split and the subsample; None uses ``settings.split_seed``.
+        include_test: read the test file too. Trials pass False: the test split is for the final
+            model only (``ftsweep final``), so a trial never opens it and nothing is chosen on it.
 
     Returns:
         the splits and the sorted label set of the training data.
@@ -330,7 +335,11 @@ def load_splits(settings: DataSettings, base_dir: Path, seed: int | None = None)
         validation = _read_split(settings.validation, "trainer.data.validation", settings, base_dir)
     else:
         train, validation = split_off_validation(train, settings.validation_fraction, seed)
-    test = _read_split(settings.test, "trainer.data.test", settings, base_dir) if settings.test else None
+    test = (
+        _read_split(settings.test, "trainer.data.test", settings, base_dir)
+        if settings.test and include_test
+        else None
+    )
     for key, split in (("trainer.data.validation", validation), ("trainer.data.test", test)):
         if split is not None:
             _require_known_labels(split, labels, key)
