@@ -15,7 +15,7 @@ help:
 	@echo "make install     create $(VENV) and install ftsweep with its test and demo extras"
 	@echo "make test        install, then run the whole test suite (what CI runs)"
 	@echo "make test-quick  the suite without the slow end-to-end tests"
-	@echo "make demo        install, then run the bundled demo sweep on the CPU (about 3 minutes)"
+	@echo "make demo        install, then run the bundled demo sweep and its final fit on the CPU (about 3 minutes)"
 	@echo "make lint        ruff check, ruff format --check and mypy (what CI checks)"
 
 $(STAMP): pyproject.toml
@@ -37,7 +37,8 @@ demo: install
 	cd examples/campaign && HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false \
 	  ../../$(BIN)/ftsweep run demo.yaml --set trainer.model="$$(../../$(BIN)/python demo_model.py)" \
 	  --set study.storage=sqlite:///demo.db --set tracking.mlflow_uri=sqlite:///demo-mlflow.db \
-	  && ../../$(BIN)/ftsweep best campaign-demo --storage sqlite:///demo.db
+	  && ../../$(BIN)/ftsweep best campaign-demo --storage sqlite:///demo.db \
+	  && ../../$(BIN)/ftsweep final campaign-demo --storage sqlite:///demo.db --seeds 1 --baseline
 
 LINT_PATHS := ftsweep_common orchestrator trainers search_spaces tests bench examples
 TYPED_PACKAGES := ftsweep_common orchestrator trainers search_spaces
