@@ -30,7 +30,8 @@ class ExportedTextClassifier(mlflow.pyfunc.PythonModel):  # type: ignore[name-de
         trainer_cls = load_trainer_class(str(info["trainer"]))
         self.predictor = trainer_cls.load_predictor(folder, "cuda" if torch.cuda.is_available() else "cpu")
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> Any:
+    # No type hints here: MLflow reads them as the model's input schema and warns about Any.
+    def predict(self, context, model_input, params=None):
         import pandas as pd
 
         if isinstance(model_input, pd.DataFrame):

@@ -308,19 +308,62 @@ def test_final_needs_a_finished_trial_and_a_trainer_with_the_final_hooks(tmp_pat
     assert not (tmp_path / "ftsweep-runs" / "hookless" / "final").exists()
 
 
-def test_without_a_test_split_final_exports_untested_and_refits_on_train_and_validation(
+def test_a_mean_pooling_model_refitted_on_train_and_validation_predicts_as_it_was_tested(
     tmp_path: Path, tiny_model: Path
 ) -> None:
+    import mlflow
+    import numpy as np
+    import pandas as pd
+
     write_data(tmp_path)
-    write_sweep(tmp_path, text_sweep("untested", tiny_model, test=False, n_trials=1, epochs=2))
+    sweep = text_sweep("pooled", tiny_model, n_trials=1, epochs=2)
+    sweep["trainer"]["params"] = {
+        "pooling": "mean"
+    }  # not a transformers option: only ftsweep's loader has it
+    write_sweep(tmp_path, sweep)
     assert run_cli(["run", "sweep.yaml"], cwd=tmp_path).returncode == 0
-    result = run_cli(["final", "untested", "--refit", "train+val"], cwd=tmp_path)
+    result = run_cli(["final", "pooled", "--refit", "train+val"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "nothing was tested" in result.stdout and "refit train+val for" in result.stdout
-    report = json.loads(
-        (tmp_path / "ftsweep-runs" / "untested" / "final" / "model" / "final.json").read_text()
-    )
-    assert report["refit"] == "train+val" and report["epochs"] in (1, 2) and "test" not in report["exported"]
+    work = tmp_path / "ftsweep-runs" / "pooled" / "final"
+    report = json.loads((work / "model" / "final.json").read_text())
+    assert report["refit"] == "train+val" and report["epochs"] in (1, 2) and report["pooling"] == "mean"
+    assert f"refit train+val for {report['epochs']} epochs" in result.stdout
     assert report["data"]["train"]["rows"] == 64 + 32  # trained on train and validation together
-    card = (tmp_path / "ftsweep-runs" / "untested" / "final" / "model" / "README.md").read_text()
-    assert "not tested" in card and "train + validation" in card
+    card = (work / "model" / "README.md").read_text()
+    assert "train + validation" in card and "pooling: mean" in card
+    # What the fit scored on the test split is what `predict` and the MLflow model give.
+    fitted = json.loads((work / "fits" / "tuned-seed0" / "predictions.json").read_text())
+    probabilities = np.asarray(fitted["splits"]["test"]["probabilities"])
+    expected = [fitted["labels"][index] for index in probabilities.argmax(axis=1)]
+    scored = run_cli(
+        ["predict", str(work / "model"), "data/test.csv", "--out", "scored.parquet"], cwd=tmp_path
+    )
+    assert scored.returncode == 0, scored.stderr
+    table = pd.read_parquet(tmp_path / "scored.parquet")
+    assert table["predicted_label"].tolist() == expected
+    np.testing.assert_allclose(
+        table[["probability_no", "probability_yes"]].to_numpy(), probabilities, atol=1e-5
+    )
+    model_uri = json.loads((work / "mlflow.json").read_text())["model_uri"]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        pyfunc = mlflow.pyfunc.load_model(model_uri)
+    finally:
+        os.chdir(cwd)
+    texts = pd.read_csv(tmp_path / "data" / "test.csv")["text"].tolist()
+    assert pyfunc.predict(texts)["label"].tolist() == expected
+
+
+def test_without_a_test_split_final_fits_and_exports_untested(tmp_path: Path, tiny_model: Path) -> None:
+    write_data(tmp_path)
+    write_sweep(tmp_path, text_sweep("untested", tiny_model, test=False, n_trials=1, epochs=1))
+    assert run_cli(["run", "sweep.yaml"], cwd=tmp_path).returncode == 0
+    result = run_cli(["final", "untested"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "nothing was tested" in result.stdout
+    model = tmp_path / "ftsweep-runs" / "untested" / "final" / "model"
+    report = json.loads((model / "final.json").read_text())
+    assert "test" not in report["exported"] and report["n_test"] == 0
+    assert "not tested" in (model / "README.md").read_text()
