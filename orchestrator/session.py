@@ -354,7 +354,7 @@ class StudySession:
         # this product exists for) on a later, worse epoch, and throws the study's best model away.
         handle.running_best = self._running_best(handle.running_best, value)
         handle.trial.report(handle.running_best, epoch)
-        if self._is_last_epoch(handle, epoch):
+        if self.is_last_epoch(handle, epoch):
             return False  # its training is done: pruning it now would only throw its result away
         reason = self._no_progress(handle, epoch, value, metrics)
         if reason is not None:
@@ -389,7 +389,8 @@ class StudySession:
             f"(trial {self.best_trial} reached {self.best_value:.4g})"
         )
 
-    def _is_last_epoch(self, handle: TrialHandle, epoch: int) -> bool:
+    def is_last_epoch(self, handle: TrialHandle, epoch: int) -> bool:
+        """True when ``epoch`` is the trial's last (pruning it then throws a finished result away)."""
         last = self.plan.trainer.max_epochs(handle.params)
         return last is not None and epoch >= last
 

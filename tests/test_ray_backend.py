@@ -178,3 +178,20 @@ def test_a_dead_node_reruns_its_trial_from_the_checkpoint_on_the_other_node(tmp_
         assert log.count("epoch 1 starts") == 1
     finally:
         cluster.shutdown()
+
+
+def test_asha_on_ray_sees_the_running_best_so_an_early_peak_survives(tmp_path: Path, cluster: object) -> None:
+    """Ray's ASHA (and the study's own successive-halving pruner beside it) is shown a trial's best epoch so
+    far. Trial 2 peaks at epoch 1 (0.7) and falls to 0.4 at epoch 2, below the others' 0.55: shown its
+    current value, either stops it."""
+    curves = {0: [0.5, 0.55, 0.6], 1: [0.5, 0.55, 0.6], 2: [0.7, 0.4, 0.3]}
+    sweep = fault_sweep("asha-peak", n_trials=3, workers=1, epochs=3, curves=curves)
+    sweep["study"]["pruner"] = {"name": "asha", "reduction_factor": 2, "min_resource": 1}
+    sweep["execution"] = {"backend": "ray", "ray_address": cluster.address, "max_concurrent_trials": 1}
+    sweep["tracking"] = {"enabled": False}
+    write_sweep(tmp_path, sweep)
+    result = run_cli(["run", "sweep.yaml"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    trials = optuna.load_study(study_name="asha-peak", storage=storage_of(tmp_path)).trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+    assert trials[2].value == pytest.approx(0.7)

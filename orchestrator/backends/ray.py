@@ -98,6 +98,12 @@ class _Bridge:
         best = self.session.pruning_value(handle) if handle is not None else None
         return result if best is None else {**result, self.session.metric: best}
 
+    def finished_training(self, trial_id: str, result: dict[str, Any]) -> bool:
+        """True when ``result`` reports the trial's last epoch (its outcome follows: nothing to stop)."""
+        handle = self.handles.get(trial_id)
+        epoch = result.get("epoch")
+        return handle is not None and isinstance(epoch, int) and self.session.is_last_epoch(handle, epoch)
+
     def record(self, trial_id: str, result: dict[str, Any]) -> bool:
         """Record a result; True when Optuna's pruner says the trial should stop."""
         handle = self.handles.get(trial_id)
@@ -199,6 +205,9 @@ class StudyScheduler:
                     controller, trial, bridge.pruning_result(trial.trial_id, result)
                 )
                 if decision == TrialScheduler.STOP:
+                    if bridge.finished_training(trial.trial_id, result):
+                        # ASHA stops every trial at max_t; one that trained all its epochs completes.
+                        return TrialScheduler.CONTINUE
                     bridge.stopped[trial.trial_id] = f"stopped by ASHA after epoch {result.get('epoch')}"
                 return decision
 
