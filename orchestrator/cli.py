@@ -142,31 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     best.add_argument("--format", choices=("table", "yaml", "json"), default="table")
     best.set_defaults(handler=cmd_best)
 
-    final = verbs.add_parser(
-        "final", help="fit the best trial's config again, test it once on the test split, export and track the model"
-    )
-    final.add_argument("study_name")
-    _add_storage(final)
-    final.add_argument("--trial", type=_non_negative_int, help="fit this complete trial instead of the best one")
-    final.add_argument("--refit", choices=("train", "train+val"), default="train",
-                       help="train: the training split, keeping the best validation epoch (default); "
-                       "train+val: both splits for the trial's best epoch count")
-    final.add_argument("--seeds", type=_positive_int, default=1,
-                       help="fit this many seeds and report mean and sd of every test metric (default 1)")
-    final.add_argument("--baseline", action="store_true",
-                       help="also fit the trainer's default config and report the test difference with a 95%% interval")
-    final.add_argument("--register", metavar="MODEL_NAME", help="add the model to the MLflow Model Registry under this name")
-    final.add_argument("--out", metavar="DIR", help="export folder (default: ftsweep-runs/NAME/final/model)")
-    final.add_argument("--force", action="store_true", help="fit again even when a final model exists")
-    final.set_defaults(handler=cmd_final)
-
-    predict = verbs.add_parser("predict", help="score a CSV / JSONL / Parquet file with a model `ftsweep final` exported")
-    predict.add_argument("model", help="the exported folder, or models:/NAME/VERSION from the MLflow Model Registry")
-    predict.add_argument("input_file", help="a .csv, .jsonl or .parquet file with the text column the model was trained on")
-    predict.add_argument("--out", help="the output file (.csv, .jsonl or .parquet; default: INPUT.predictions.EXT beside the input)")
-    predict.add_argument("--batch-size", type=_positive_int, default=64, help="texts per forward pass (default 64)")
-    predict.add_argument("--tracking-uri", help="the MLflow store of a models:/ URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
-    predict.set_defaults(handler=cmd_predict)
+    _add_final_verbs(verbs)
 
     ui = verbs.add_parser("ui", help="start the MLflow UI on the sweep's tracking store")
     ui.add_argument("study_name", nargs="?", help="read the tracking URI from this study (else $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
@@ -304,17 +280,83 @@ def cmd_best(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_final_verbs(verbs: argparse._SubParsersAction) -> None:
+    """``final`` and ``predict``: from a finished study to a model, and from a model to a scored file."""
+    final = verbs.add_parser(
+        "final",
+        help="fit the best trial's config again, test it once on the test split, export and track the model",
+    )
+    final.add_argument("study_name")
+    _add_storage(final)
+    final.add_argument(
+        "--trial", type=_non_negative_int, help="fit this complete trial instead of the best one"
+    )
+    final.add_argument(
+        "--refit",
+        choices=("train", "train+val"),
+        default="train",
+        help="train: the training split, keeping the best validation epoch (default); "
+        "train+val: both splits for the trial's best epoch count",
+    )
+    final.add_argument(
+        "--seeds",
+        type=_positive_int,
+        default=1,
+        help="fit this many seeds and report mean and sd of every test metric (default 1)",
+    )
+    final.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also fit the trainer's default config and report the test difference with a 95%% interval",
+    )
+    final.add_argument(
+        "--register", metavar="MODEL_NAME", help="add the model to the MLflow Model Registry under this name"
+    )
+    final.add_argument("--out", metavar="DIR", help="export folder (default: ftsweep-runs/NAME/final/model)")
+    final.add_argument("--force", action="store_true", help="fit again even when a final model exists")
+    final.set_defaults(handler=cmd_final)
+
+    predict = verbs.add_parser(
+        "predict", help="score a CSV / JSONL / Parquet file with a model `ftsweep final` exported"
+    )
+    predict.add_argument(
+        "model", help="the exported folder, or models:/NAME/VERSION from the MLflow Model Registry"
+    )
+    predict.add_argument(
+        "input_file", help="a .csv, .jsonl or .parquet file with the text column the model was trained on"
+    )
+    predict.add_argument(
+        "--out",
+        help="the output file (.csv, .jsonl or .parquet; default: INPUT.predictions.EXT beside the input)",
+    )
+    predict.add_argument(
+        "--batch-size", type=_positive_int, default=64, help="texts per forward pass (default 64)"
+    )
+    predict.add_argument(
+        "--tracking-uri",
+        help="the MLflow store of a models:/ URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
+    )
+    predict.set_defaults(handler=cmd_predict)
+
+
 def cmd_final(args: argparse.Namespace) -> int:
     from orchestrator.final import FinalOptions, run_final
     from orchestrator.final_report import summary_lines
 
     options = FinalOptions(
-        study_name=args.study_name, storage=args.storage, trial=args.trial, refit=args.refit, seeds=args.seeds,
-        baseline=args.baseline, register=args.register, out=args.out, force=args.force,
+        study_name=args.study_name,
+        storage=args.storage,
+        trial=args.trial,
+        refit=args.refit,
+        seeds=args.seeds,
+        baseline=args.baseline,
+        register=args.register,
+        out=args.out,
+        force=args.force,
     )
     outcome = run_final(options, say=lambda line: print(line, file=sys.stderr, flush=True))
     if outcome.reused:
-        print(f"a final model of this request exists already (add --force to fit it again):", file=sys.stderr)
+        print("a final model of this request exists already (add --force to fit it again):", file=sys.stderr)
     print("\n".join(summary_lines(outcome.report)))
     return EXIT_OK
 
