@@ -74,7 +74,9 @@ class FaultTrainer(BaseTrainer):
             stream.write(json.dumps(line) + "\n")
 
     @staticmethod
-    def _wait_for_release(settings: FaultSettings, number: int, epoch: int, bound_seconds: float = 600) -> None:
+    def _wait_for_release(
+        settings: FaultSettings, number: int, epoch: int, bound_seconds: float = 600
+    ) -> None:
         if settings.release_file is None or epoch != settings.pause_before_epoch:
             return
         if settings.pause_trials is not None and number not in settings.pause_trials:

@@ -625,14 +625,15 @@ def _lock_has_a_waiter(lock: Path) -> bool:
     """Whether a process is blocked on the ``flock`` of ``lock`` (Linux lists waiters with "->")."""
     inode = str(lock.stat().st_ino)
     with open("/proc/locks", encoding="utf-8") as stream:
-        return any(
-            "->" in line and any(field.count(":") == 2 and field.rsplit(":", 1)[1] == inode for field in line.split())
-            for line in stream
-        )
+        for line in stream:  # "1: -> FLOCK  ADVISORY  WRITE <pid> <major>:<minor>:<inode> 0 EOF"
+            fields = line.split()
+            if "->" in fields and any(f.count(":") == 2 and f.rsplit(":", 1)[1] == inode for f in fields):
+                return True
+    return False
 
 
 def _fill_once_the_other_waits(root: str, key: str, barrier, results) -> None:
-    """One process's attempt at an entry; whoever creates it finishes only once the other waits on its lock."""
+    """One process's attempt at an entry; its creator finishes only once the other waits on the lock."""
 
     def create(folder: Path) -> None:
         # Not a sleep: however slowly the other process comes, it must find the lock held, wait, then read.
@@ -648,7 +649,7 @@ def _fill_once_the_other_waits(root: str, key: str, barrier, results) -> None:
     results.put((created, (entry / "payload.txt").read_text(encoding="utf-8")))
 
 
-@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux's /proc/locks to see a waiting process")
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux's /proc/locks to see a waiter")
 def test_two_processes_creating_one_entry_create_it_once(tmp_path: Path) -> None:
     context = multiprocessing.get_context("spawn")
     barrier, results = context.Barrier(2), context.Queue()

@@ -14,7 +14,7 @@ NOW = 1000.0
 
 
 class _StoppedClock:
-    """The ``time`` module with ``monotonic()`` stopped, so the line does not depend on how fast the test runs."""
+    """The ``time`` module with ``monotonic()`` stopped: the line does not depend on the test's speed."""
 
     def monotonic(self) -> float:
         return NOW
@@ -39,7 +39,9 @@ def progress_after(finished: int, elapsed: float, **options) -> Progress:
 
 def test_the_time_left_comes_from_the_pace_so_far():
     summary = progress_after(4, 40.0, budget=10).summary()
-    assert summary.startswith("4/10 done, 0 running, 0 pruned, 0 failed; best val_f1 0.7500 (trial 1); 0:40 elapsed")
+    assert summary.startswith(
+        "4/10 done, 0 running, 0 pruned, 0 failed; best val_f1 0.7500 (trial 1); 0:40 elapsed"
+    )
     assert summary.endswith(", ~1:00 left")
 
 

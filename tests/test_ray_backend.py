@@ -91,7 +91,8 @@ def test_eight_trials_on_two_nodes_pack_two_per_gpu(tmp_path: Path, cluster: obj
 def test_kill_the_ray_driver_then_resume_to_the_exact_budget(tmp_path: Path, cluster: object) -> None:
     # Every trial waits after its first epoch until released: the driver dies with trial 1 (at least)
     # past epoch 1 and no trial finished, however slowly the machine runs.
-    write_sweep(tmp_path, ray_sweep("driver-killed", cluster.address, n_trials=4, release_file=str(tmp_path / "release"),
+    release = str(tmp_path / "release")
+    write_sweep(tmp_path, ray_sweep("driver-killed", cluster.address, n_trials=4, release_file=release,
                                     pause_before_epoch=2))
     driver = start_cli(["run", "sweep.yaml"], cwd=tmp_path)
     wait_for_epoch(storage_of(tmp_path), "driver-killed", trial_number=1, epoch=1, process=driver)
@@ -101,7 +102,8 @@ def test_kill_the_ray_driver_then_resume_to_the_exact_budget(tmp_path: Path, clu
     driver.wait(timeout=30)
     # Ray ends a dead driver's trials; wait until it has, so that none writes beside its re-run.
     pids = waiting_trials(logs).values()
-    wait_until(lambda: all(process_gone(pid) for pid in pids), "Ray to end the killed driver's trials", [], timeout=120)
+    all_gone = lambda: all(process_gone(pid) for pid in pids)  # noqa: E731
+    wait_until(all_gone, "Ray to end the killed driver's trials", [], timeout=120)
     (tmp_path / "release").touch()
 
     result = run_cli(["resume", "driver-killed"], cwd=tmp_path)

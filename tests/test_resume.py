@@ -63,8 +63,9 @@ def process_gone(pid: int) -> bool:
 def waiting_trials(log_dir: Path) -> dict[int, int]:
     """{trial number: pid} of the trials whose log says they wait for the test's release file."""
     found = {}
+    pattern = re.compile(r"^trial (\d+) \(pid (\d+)\) waits for ", re.M)
     for log in log_dir.glob("trial-*.log"):
-        for match in re.finditer(r"^trial (\d+) \(pid (\d+)\) waits for ", log.read_text(encoding="utf-8"), re.M):
+        for match in pattern.finditer(log.read_text(encoding="utf-8")):
             found[int(match[1])] = int(match[2])
     return found
 
@@ -94,7 +95,9 @@ def wait_for_epoch(
     raise AssertionError(f"trial {trial_number} never reported epoch {epoch}")
 
 
-def held_sweep(folder: Path, name: str, storage: str | None = None, n_trials: int = 3, workers: int = 1) -> dict:
+def held_sweep(
+    folder: Path, name: str, storage: str | None = None, n_trials: int = 3, workers: int = 1
+) -> dict:
     """Trial 1 reports epoch 1, then waits before epoch 2 until ``folder / "release"`` exists.
 
     So a test acts on trial 1 at a known point (after epoch 1, before epoch 2) however slowly
@@ -192,8 +195,8 @@ def test_ctrl_c_once_lets_the_epoch_finish_then_resume_completes(tmp_path: Path)
     wait_for_epoch(storage, "ctrl-c", trial_number=1, epoch=1, process=driver)
     driver.send_signal(signal.SIGINT)
     # Trial 1 waits before epoch 2 until the driver has taken the Ctrl-C: then it runs epoch 2 and stops.
-    wait_until(lambda: "starting no new trials" in errors.read_text(encoding="utf-8"), "the driver to take the Ctrl-C",
-               [driver])
+    took_it = lambda: "starting no new trials" in errors.read_text(encoding="utf-8")  # noqa: E731
+    wait_until(took_it, "the driver to take the Ctrl-C", [driver])
     (tmp_path / "release").touch()
     driver.communicate(timeout=300)
     stderr = errors.read_text(encoding="utf-8")
@@ -258,6 +261,7 @@ def test_worker_refuses_a_sqlite_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.postgres
+@pytest.mark.timeout(900)  # four CLI processes started one after another: 270 s on a loaded 2-core machine
 def test_workers_on_several_processes_share_one_budget_on_postgresql(tmp_path: Path) -> None:
     require_postgres()
     name = f"shared-{uuid.uuid4().hex[:8]}"

@@ -87,7 +87,9 @@ def test_processes_creating_one_new_sqlite_store_at_once_all_open_it(tmp_path: P
 @pytest.mark.postgres
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("kind", ["optuna", "mlflow"])
-def test_processes_creating_one_new_postgresql_store_at_once_all_open_it(new_postgres_database: str, kind: str) -> None:
+def test_processes_creating_one_new_postgresql_store_at_once_all_open_it(
+    new_postgres_database: str, kind: str
+) -> None:
     assert open_all_at_once(kind, new_postgres_database) == ["ok"] * PROCESSES
 
 
