@@ -47,13 +47,18 @@ def cpu_model() -> str:
 def machine_header(extra: Sequence[str] = ()) -> str:
     """Markdown lines naming the machine and the versions the numbers depend on."""
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    executable = (
+        Path(sys.executable).relative_to(REPO_ROOT).as_posix()
+        if _inside_repo(sys.executable)
+        else sys.executable
+    )
     lines = [
         f"- date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
         f"- machine: {affinity} CPUs usable ({os.cpu_count()} online), {cpu_model()}, {platform.platform()}",
-        f"- python {platform.python_version()}; ftsweep {package_version('ftsweep')}; optuna {package_version('optuna')}; "
-        f"ray {package_version('ray')}; mlflow {package_version('mlflow')}; torch {package_version('torch')}; "
-        f"sqlalchemy {package_version('sqlalchemy')}",
-        f"- command: {' '.join([Path(sys.executable).relative_to(REPO_ROOT).as_posix() if _inside_repo(sys.executable) else sys.executable, *sys.argv])}",
+        f"- python {platform.python_version()}; ftsweep {package_version('ftsweep')}; optuna "
+        f"{package_version('optuna')}; ray {package_version('ray')}; mlflow {package_version('mlflow')}; "
+        f"torch {package_version('torch')}; sqlalchemy {package_version('sqlalchemy')}",
+        f"- command: {' '.join([executable, *sys.argv])}",
     ]
     lines += [f"- {line}" for line in extra]
     return "\n".join(lines)
@@ -76,7 +81,9 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 DEMO = REPO_ROOT / "examples" / "campaign"
 
 
-def write_demo_data(folder: Path, train_rows: int, eval_rows: int | None = None, seed: int = 0) -> dict[str, Any]:
+def write_demo_data(
+    folder: Path, train_rows: int, eval_rows: int | None = None, seed: int = 0
+) -> dict[str, Any]:
     """Stratified, seeded samples of the demo's training and validation files, as CSV in ``folder``.
 
     Returns:
@@ -266,7 +273,8 @@ class SqlCounter:
 
 
 def checkpoint_save_probe(folder: Path, n: int = 30) -> float:
-    """Median milliseconds of one ftsweep checkpoint save (pickle, fsync, rename): a noop trial does one per epoch."""
+    """Median milliseconds of one ftsweep checkpoint save (pickle, fsync, rename): a noop trial does one
+    per epoch."""
     from trainers.checkpoint import save_checkpoint
 
     target = folder / "checkpoint-probe"
@@ -359,8 +367,10 @@ class OtherLoad:
         if not self.samples:
             return "other processes' CPU: not measured"
         average = self.busy_seconds / self.elapsed if self.elapsed else 0.0
-        return (f"CPU used by other processes during the run (outside this benchmark's process tree): "
-                f"{average:.2f} cores on average, {max(self.samples):.2f} at peak (of {os.cpu_count()})")
+        return (
+            f"CPU used by other processes during the run (outside this benchmark's process tree): "
+            f"{average:.2f} cores on average, {max(self.samples):.2f} at peak (of {os.cpu_count()})"
+        )
 
     def mark(self) -> tuple[float, float]:
         return self.busy_seconds, self.elapsed

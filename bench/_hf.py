@@ -18,7 +18,9 @@ import torch
 class Rows(torch.utils.data.Dataset):
     """Tokenized rows with their label ids, as the ``Trainer`` and ``DataCollatorWithPadding`` want them."""
 
-    def __init__(self, tokenizer: Any, texts: list[str], names: list[str], index: dict[str, int], max_length: int) -> None:
+    def __init__(
+        self, tokenizer: Any, texts: list[str], names: list[str], index: dict[str, int], max_length: int
+    ) -> None:
         encoded = tokenizer(texts, truncation=True, max_length=max_length)
         self.items = [
             {**{key: values[row] for key, values in encoded.items()}, "labels": index[names[row]]}
@@ -60,7 +62,8 @@ def read_trainer_data(tokenizer: Any, train: Path, validation: Path, max_length:
 
 
 def macro_f1_metrics(n_labels: int) -> Callable[[Any], dict[str, float]]:
-    """A ``compute_metrics`` for the ``Trainer``: accuracy and macro F1 (``eval_f1``) as ftsweep computes them."""
+    """A ``compute_metrics`` for the ``Trainer``: accuracy and macro F1 (``eval_f1``) as ftsweep
+    computes them."""
     import numpy as np
 
     from trainers.text_classification import accuracy_and_macro_f1

@@ -253,9 +253,9 @@ def main() -> None:
                 f"transformers {package_version('transformers')}; torch threads per trial {args.threads}",
                 f"sweep: {args.model}, freeze_depth 0..num_layers (grid, {len(depths)} trials, 1 worker), "
                 f"{args.epochs} epochs, {args.train_rows} training rows, "
-                f"{'all 600' if args.eval_rows is None else args.eval_rows} validation"
-                f"{'' if args.no_test else ' and test'} rows, max_length {args.max_length}, batch {args.batch_size}, "
-                f"lr {args.learning_rate:g}, warmup 0.1, balanced class weights, seed 0",
+                f"{'all 600' if args.eval_rows is None else args.eval_rows} "
+                f"validation{'' if args.no_test else ' and test'} rows, max_length {args.max_length}, batch "
+                f"{args.batch_size}, lr {args.learning_rate:g}, warmup 0.1, balanced class weights, seed 0",
             ]
         )
     )
@@ -296,11 +296,12 @@ def main() -> None:
     )
     print()
     print(
-        f"Wall speed-up {speedup:.2f}x ({'meets' if speedup >= TARGET else 'below'} the {TARGET:.1f}x target), "
-        f"CPU-time speed-up {cpu_off / cpu_on:.2f}x; final val_f1 {'matches' if matches else 'DIFFERS'} in every "
-        "trial. Trial s: start to end of each trial in the study (model loading included); CPU s: the trial "
-        "process's own CPU time (its log's last line; on a shared or virtual machine other load inflates it "
-        "too); cache use: computed / loaded / extended@k (from the depth-k cache) per split."
+        f"Wall speed-up {speedup:.2f}x ({'meets' if speedup >= TARGET else 'below'} the {TARGET:.1f}x "
+        f"target), CPU-time speed-up {cpu_off / cpu_on:.2f}x; final val_f1 "
+        f"{'matches' if matches else 'DIFFERS'} in every trial. Trial s: start to end of each trial in the "
+        "study (model loading included); CPU s: the trial process's own CPU time (its log's last line; on a "
+        "shared or virtual machine other load inflates it too); cache use: computed / loaded / extended@k "
+        "(from the depth-k cache) per split."
     )
 
 

@@ -25,8 +25,13 @@ from orchestrator.runner import run_sweep
 def measure(folder: Path, n_trials: int, tracking: bool, backend: str = "local") -> tuple[float, float]:
     name = f"overhead-{backend}-{'on' if tracking else 'off'}"
     sweep = {
-        "study": {"name": name, "metric": "score", "n_trials": n_trials, "storage": f"sqlite:///{folder / 'ftsweep.db'}",
-                  "pruner": {"name": "median"}},
+        "study": {
+            "name": name,
+            "metric": "score",
+            "n_trials": n_trials,
+            "storage": f"sqlite:///{folder / 'ftsweep.db'}",
+            "pruner": {"name": "median"},
+        },
         "trainer": {"name": "noop", "epochs": 3},
         "search_space": {"x": {"type": "float", "low": -2, "high": 3}},
         "execution": {"workers": 2, "checkpoint_dir": str(folder / "checkpoints")}
@@ -47,8 +52,12 @@ def measure(folder: Path, n_trials: int, tracking: bool, backend: str = "local")
 def measure_optuna(folder: Path, n_trials: int) -> float:
     """Optuna's own optimize() on a SQLite file: 3 reports and a should_prune per trial, 2 threads."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name="optuna", storage=f"sqlite:///{folder / 'optuna.db'}", direction="maximize",
-                                pruner=optuna.pruners.MedianPruner())
+    study = optuna.create_study(
+        study_name="optuna",
+        storage=f"sqlite:///{folder / 'optuna.db'}",
+        direction="maximize",
+        pruner=optuna.pruners.MedianPruner(),
+    )
 
     def objective(trial: optuna.Trial) -> float:
         x = trial.suggest_float("x", -2, 3)
@@ -70,17 +79,28 @@ def main() -> None:
     parser.add_argument("--ray-trials", type=int, default=40, help="trials for the ray backend (0: skip it)")
     args = parser.parse_args()
     print(f"cpus: {os.cpu_count()}, optuna {optuna.__version__}, load average {os.getloadavg()[0]:.2f}")
-    print("| ftsweep local, noop trials, 2 workers, SQLite | trials | ms per trial | total s (with start-up) |")
+    print(
+        "| ftsweep local, noop trials, 2 workers, SQLite | trials | ms per trial | total s (with start-up) |"
+    )
     print("|---|---|---|---|")
     with tempfile.TemporaryDirectory() as folder:
         for tracking in (True, False):
             per_trial, total = measure(Path(folder), args.n_trials, tracking)
-            print(f"| MLflow tracking {'on' if tracking else 'off'} | {args.n_trials} | {per_trial:.1f} | {total:.1f} |")
+            print(
+                f"| MLflow tracking {'on' if tracking else 'off'} | {args.n_trials} | {per_trial:.1f} | "
+                f"{total:.1f} |"
+            )
         if args.ray_trials:
             per_trial, total = measure(Path(folder), args.ray_trials, False, backend="ray")
-            print(f"| ftsweep ray backend (local Ray, 2 at once), MLflow off | {args.ray_trials} | {per_trial:.1f} | {total:.1f} |")
+            print(
+                f"| ftsweep ray backend (local Ray, 2 at once), MLflow off | {args.ray_trials} | "
+                f"{per_trial:.1f} | {total:.1f} |"
+            )
         optuna_ms = measure_optuna(Path(folder), args.n_trials)
-        print(f"| Optuna optimize(), n_jobs=2, same kind of file (no MLflow) | {args.n_trials} | {optuna_ms:.1f} | |")
+        print(
+            f"| Optuna optimize(), n_jobs=2, same kind of file (no MLflow) | {args.n_trials} | "
+            f"{optuna_ms:.1f} | |"
+        )
 
 
 if __name__ == "__main__":

@@ -152,10 +152,15 @@ def _instrument_ftsweep(counter: SqlCounter, marks: dict[str, Any], profile_out:
     for key, (owner, attribute) in targets.items():
         timer.wrap(owner, attribute, names[key])
 
-    # Trial-side latencies seen from the driver: launch -> first report, report -> next report, last report -> result.
+    # Trial-side latencies seen from the driver: launch -> first report, report -> next report,
+    # last report -> result.
     launched: dict[int, float] = {}
     answered: dict[int, float] = {}
-    gaps: dict[str, list[float]] = {"launch to first report": [], "report to next report": [], "last report to result": []}
+    gaps: dict[str, list[float]] = {
+        "launch to first report": [],
+        "report to next report": [],
+        "last report to result": [],
+    }
     marks["gaps"] = gaps
     original_start, original_launch = session.StudySession.start_trial, local.LocalBackend._launch
     original_report, original_complete = session.StudySession.report, session.StudySession.complete
@@ -219,8 +224,13 @@ def _child_ftsweep(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     timer = _instrument_ftsweep(counter, marks, args.profile_out)
     backend = "ray" if args.child == "ftsweep-ray" else "local"
     sweep = noop_sweep(
-        folder, "bench", n_trials=args.n, workers=args.workers, tracking=args.child != "ftsweep-local-notrack",
-        sampler=args.sampler, backend=backend,
+        folder,
+        "bench",
+        n_trials=args.n,
+        workers=args.workers,
+        tracking=args.child != "ftsweep-local-notrack",
+        sampler=args.sampler,
+        backend=backend,
     )
     if backend == "ray":
         _ray_init(args)
@@ -247,7 +257,9 @@ def _summary(values: list[float]) -> dict[str, float]:
         return {}
     ordered = sorted(values)
     return {
-        "n": len(ordered), "mean_ms": 1000 * sum(ordered) / len(ordered), "median_ms": 1000 * ordered[len(ordered) // 2],
+        "n": len(ordered),
+        "mean_ms": 1000 * sum(ordered) / len(ordered),
+        "median_ms": 1000 * ordered[len(ordered) // 2],
         "p90_ms": 1000 * ordered[int(0.9 * (len(ordered) - 1))],
     }
 
@@ -262,8 +274,11 @@ def _child_optuna(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     counter = SqlCounter()
     counter.attach(storage.engine)
     study = optuna.create_study(
-        study_name="bench", storage=storage, direction="maximize",
-        sampler=_sampler(args), pruner=optuna.pruners.NopPruner(),
+        study_name="bench",
+        storage=storage,
+        direction="maximize",
+        sampler=_sampler(args),
+        pruner=optuna.pruners.NopPruner(),
     )
 
     def objective(trial: optuna.Trial) -> float:
@@ -282,7 +297,11 @@ def _child_optuna(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     study.optimize(objective, n_trials=args.n, n_jobs=args.workers)
     end = time.time()
     result = _result_from_trials(args, study.trials, run_start, end)
-    result.update(statements=counter.statements - statements, commits=counter.commits - commits, statement_kinds=counter.by_kind)
+    result.update(
+        statements=counter.statements - statements,
+        commits=counter.commits - commits,
+        statement_kinds=counter.by_kind,
+    )
     return result
 
 
@@ -325,12 +344,18 @@ def _child_raytune(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             "x": optuna.distributions.FloatDistribution(-5.0, 5.0),
             "y": optuna.distributions.FloatDistribution(-5.0, 5.0),
         },
-        metric="score", mode="max", sampler=_sampler(args), study_name="bench", storage=storage,
+        metric="score",
+        mode="max",
+        sampler=_sampler(args),
+        study_name="bench",
+        storage=storage,
     )
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=search, num_samples=args.n, max_concurrent_trials=args.workers,
+            search_alg=search,
+            num_samples=args.n,
+            max_concurrent_trials=args.workers,
             reuse_actors=args.child == "raytune-reuse",
         ),
         run_config=tune.RunConfig(name="bench", storage_path=str(folder / "ray_results"), verbose=0),
@@ -343,14 +368,18 @@ def _child_raytune(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     study = optuna.load_study(study_name="bench", storage=storage)
     result = _result_from_trials(args, study.trials, run_start, end)
     result.update(
-        statements=counter.statements - statements, commits=counter.commits - commits,
-        statement_kinds=counter.by_kind, tune_errors=errors[:3],
+        statements=counter.statements - statements,
+        commits=counter.commits - commits,
+        statement_kinds=counter.by_kind,
+        tune_errors=errors[:3],
     )
     ray.shutdown()
     return result
 
 
-def _result_from_trials(args: argparse.Namespace, trials: list[Any], run_start: float, end: float) -> dict[str, Any]:
+def _result_from_trials(
+    args: argparse.Namespace, trials: list[Any], run_start: float, end: float
+) -> dict[str, Any]:
     span, first, last = trial_span(trials)
     launched = datetime.datetime.fromtimestamp(args.t0)
     states: dict[str, int] = {}
@@ -386,7 +415,9 @@ def child_main(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------------------------
 # parent: runs every system, prints the tables
 # ---------------------------------------------------------------------------------------------
-def run_child(system: str, n: int, args: argparse.Namespace, root: Path, profile_out: Path | None = None) -> dict[str, Any]:
+def run_child(
+    system: str, n: int, args: argparse.Namespace, root: Path, profile_out: Path | None = None
+) -> dict[str, Any]:
     label = system + ("-profile" if profile_out else "")
     index = sum(1 for _ in root.glob(f"{label}-run*.json"))
     folder = root / f"{label}-run{index}"
@@ -394,15 +425,31 @@ def run_child(system: str, n: int, args: argparse.Namespace, root: Path, profile
     log = root / f"{label}-run{index}.log"
     ray_temp = tempfile.mkdtemp(prefix="rb", dir="/tmp")
     command = [
-        sys.executable, str(Path(__file__).resolve()), "--child", system, "--dir", str(folder), "--out", str(out),
-        "--n", str(n), "--workers", str(args.workers), "--sampler", args.sampler, "--ray-temp", ray_temp,
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        system,
+        "--dir",
+        str(folder),
+        "--out",
+        str(out),
+        "--n",
+        str(n),
+        "--workers",
+        str(args.workers),
+        "--sampler",
+        args.sampler,
+        "--ray-temp",
+        ray_temp,
     ]
     if profile_out:
         command += ["--profile-out", str(profile_out)]
     print(f"running {label}: {n} trials ...", file=sys.stderr, flush=True)
     with open(log, "w") as stream:
         t0 = time.time()
-        code = subprocess.call([*command, "--t0", repr(t0)], stdout=stream, stderr=subprocess.STDOUT, cwd=_common.REPO_ROOT)
+        code = subprocess.call(
+            [*command, "--t0", repr(t0)], stdout=stream, stderr=subprocess.STDOUT, cwd=_common.REPO_ROOT
+        )
     import shutil
 
     shutil.rmtree(ray_temp, ignore_errors=True)
@@ -411,9 +458,10 @@ def run_child(system: str, n: int, args: argparse.Namespace, root: Path, profile
         raise SystemExit(f"{label} failed with exit code {code}; the end of its output:\n{tail}")
     result = json.loads(out.read_text())
     print(
-        f"  {label}: {result['span_s'] / result['trials'] * 1000:.1f} ms per trial, start-up {result['startup_s']:.2f} s, "
-        f"states {result['states']}",
-        file=sys.stderr, flush=True,
+        f"  {label}: {result['span_s'] / result['trials'] * 1000:.1f} ms per trial, start-up "
+        f"{result['startup_s']:.2f} s, states {result['states']}",
+        file=sys.stderr,
+        flush=True,
     )
     return result
 
@@ -425,16 +473,30 @@ def _median_result(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n-trials", type=int, default=200, help="trials for ftsweep local and Optuna (default 200)")
+    parser.add_argument(
+        "--n-trials", type=int, default=200, help="trials for ftsweep local and Optuna (default 200)"
+    )
     parser.add_argument("--ray-trials", type=int, default=40, help="trials for the Ray rows (default 40)")
     parser.add_argument("--workers", type=int, default=2, help="trials in flight at once (default 2)")
-    parser.add_argument("--sampler", choices=("tpe", "random"), default="tpe", help="sampler of every system (default tpe)")
-    parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated subset of: {', '.join(SYSTEMS)}")
+    parser.add_argument(
+        "--sampler", choices=("tpe", "random"), default="tpe", help="sampler of every system (default tpe)"
+    )
+    parser.add_argument(
+        "--systems", default=",".join(SYSTEMS), help=f"comma-separated subset of: {', '.join(SYSTEMS)}"
+    )
     parser.add_argument("--skip-ray", action="store_true", help="leave out the three Ray rows")
-    parser.add_argument("--repeat", type=int, default=1, help="runs per system; the median run is shown (default 1)")
-    parser.add_argument("--profile", choices=("auto", "yes", "no"), default="auto",
-                        help="cProfile an extra ftsweep-local run: auto = when ftsweep misses the Optuna target")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (databases, logs, profiles)")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs per system; the median run is shown (default 1)"
+    )
+    parser.add_argument(
+        "--profile",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="cProfile an extra ftsweep-local run: auto = when ftsweep misses the Optuna target",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temporary folder (databases, logs, profiles)"
+    )
     # internal: one system in a child process
     parser.add_argument("--child", choices=tuple(SYSTEMS), help=argparse.SUPPRESS)
     parser.add_argument("--dir", help=argparse.SUPPRESS)
@@ -482,7 +544,10 @@ def main() -> None:
         optuna_ms = per_trial_ms("optuna")
         local_ms = per_trial_ms("ftsweep-local")
         want_profile = args.profile == "yes" or (
-            args.profile == "auto" and local_ms is not None and optuna_ms is not None and local_ms > TARGET_OPTUNA * optuna_ms
+            args.profile == "auto"
+            and local_ms is not None
+            and optuna_ms is not None
+            and local_ms > TARGET_OPTUNA * optuna_ms
         )
         profile_path = root / "ftsweep-local.prof"
         profiled = None
@@ -493,10 +558,12 @@ def main() -> None:
         extra = [
             f"workload: noop trials (x, y sampled by {args.sampler.upper()} seed 0"
             + (", constant liar" if args.sampler == "tpe" and args.workers > 1 else "")
-            + f"), 3 reports per trial, no pruning, {args.workers} trials in flight, every study on a SQLite file in a temp folder",
-            f"load average before/after: {load_before[0]:.2f} / {load_after[0]:.2f} (other processes on the machine skew every row)",
-            f"SQLite small-commit latency (median of 50, fsync-bound) before/after: {probe_before:.2f} / {probe_after:.2f} ms;"
-            f" one ftsweep checkpoint save (fsync): {checkpoint_ms:.2f} ms",
+            + f"), 3 reports per trial, no pruning, {args.workers} trials in flight, every study on a SQLite "
+            "file in a temp folder",
+            f"load average before/after: {load_before[0]:.2f} / {load_after[0]:.2f} (other processes on the "
+            "machine skew every row)",
+            f"SQLite small-commit latency (median of 50, fsync-bound) before/after: {probe_before:.2f} / "
+            f"{probe_after:.2f} ms; one ftsweep checkpoint save (fsync): {checkpoint_ms:.2f} ms",
             other.summary(),
         ]
         print("## Per-trial scheduling overhead (no-op trainer)\n")
@@ -508,20 +575,32 @@ def main() -> None:
             ms = per_trial_ms(system)
             assert ms is not None
             ratio = f"{ms / optuna_ms:.2f}×" if optuna_ms else "n/a"
-            trials = f"{r['trials']}" + (" (--ray-trials)" if system in RAY_SYSTEMS and args.ray_trials != args.n_trials else "")
+            trials = f"{r['trials']}" + (
+                " (--ray-trials)" if system in RAY_SYSTEMS and args.ray_trials != args.n_trials else ""
+            )
             rows.append([SYSTEMS[system], trials, f"{ms:.1f}", ratio, f"{r['startup_s']:.2f}"])
-        print(markdown_table(["system", "trials", "ms per trial", "ratio to Optuna optimize()", "start-up seconds"], rows))
+        print(
+            markdown_table(
+                ["system", "trials", "ms per trial", "ratio to Optuna optimize()", "start-up seconds"], rows
+            )
+        )
         print()
         ray_ms = per_trial_ms("raytune")
         if local_ms is not None and optuna_ms:
             verdict = "meets" if local_ms <= TARGET_OPTUNA * optuna_ms else "MISSES"
-            print(f"- ftsweep local / Optuna optimize(): {local_ms / optuna_ms:.2f}× (target ≤ {TARGET_OPTUNA}×: {verdict})")
+            print(
+                f"- ftsweep local / Optuna optimize(): {local_ms / optuna_ms:.2f}× (target ≤ "
+                f"{TARGET_OPTUNA}×: {verdict})"
+            )
         notrack_ms = per_trial_ms("ftsweep-local-notrack")
         if notrack_ms is not None and optuna_ms:
             print(f"- ftsweep local without tracking / Optuna optimize(): {notrack_ms / optuna_ms:.2f}×")
         if local_ms is not None and ray_ms:
             verdict = "meets" if local_ms <= TARGET_RAY * ray_ms else "MISSES"
-            print(f"- ftsweep local / Ray Tune (defaults): {local_ms / ray_ms:.3f}× (target ≤ {TARGET_RAY}×: {verdict})")
+            print(
+                f"- ftsweep local / Ray Tune (defaults): {local_ms / ray_ms:.3f}× (target ≤ {TARGET_RAY}×: "
+                f"{verdict})"
+            )
         ftsweep_ray_ms = per_trial_ms("ftsweep-ray")
         if ftsweep_ray_ms is not None and ray_ms:
             print(f"- ftsweep ray backend / Ray Tune (defaults): {ftsweep_ray_ms / ray_ms:.2f}×")
@@ -535,21 +614,42 @@ def main() -> None:
             r = results[system]
             n = r["trials"]
             states = ", ".join(f"{count} {state.lower()}" for state, count in sorted(r["states"].items()))
-            detail_rows.append([
-                system, f"{r['total_s']:.2f}", f"{r['span_s']:.2f}", f"{r['tail_s']:.2f}",
-                f"{r['statements'] / n:.1f}", f"{r['commits'] / n:.1f}", states,
-                "; ".join([*(r.get("fail_reasons") or []), *(r.get("tune_errors") or [])]) or "",
-                ", ".join(str(x) for x in r["runs_ms"]), f"{r['other_cores']:.2f}",
-            ])
-        print(markdown_table(
-            ["system", "total wall s (launch to return)", "first start to last end s", "after last end s",
-             "SQL statements per trial", "commits per trial", "trial states", "fail reasons", "ms per trial, each run",
-             "other processes' CPU, cores"],
-            detail_rows,
-        ))
+            detail_rows.append(
+                [
+                    system,
+                    f"{r['total_s']:.2f}",
+                    f"{r['span_s']:.2f}",
+                    f"{r['tail_s']:.2f}",
+                    f"{r['statements'] / n:.1f}",
+                    f"{r['commits'] / n:.1f}",
+                    states,
+                    "; ".join([*(r.get("fail_reasons") or []), *(r.get("tune_errors") or [])]) or "",
+                    ", ".join(str(x) for x in r["runs_ms"]),
+                    f"{r['other_cores']:.2f}",
+                ]
+            )
+        print(
+            markdown_table(
+                [
+                    "system",
+                    "total wall s (launch to return)",
+                    "first start to last end s",
+                    "after last end s",
+                    "SQL statements per trial",
+                    "commits per trial",
+                    "trial states",
+                    "fail reasons",
+                    "ms per trial, each run",
+                    "other processes' CPU, cores",
+                ],
+                detail_rows,
+            )
+        )
         print()
-        print("SQL statements and commits are counted on the study's engine (``before_cursor_execute`` / ``commit``"
-              " events), from the first trial on; for Ray Tune rows, on the OptunaSearch storage.")
+        print(
+            "SQL statements and commits are counted on the study's engine (``before_cursor_execute`` / "
+            "``commit`` events), from the first trial on; for Ray Tune rows, on the OptunaSearch storage."
+        )
         print()
 
         if "ftsweep-local" in results and "phases" in results["ftsweep-local"]:
@@ -575,26 +675,62 @@ def print_phases(system: str, result: dict[str, Any]) -> None:
             continue
         seconds, calls, statements, commits = phases[name]
         label = ("↳ " + name.strip()) if name.startswith(" ") else name
-        rows.append([label, f"{calls / n:.2f}", f"{seconds / n * 1000:.2f}", f"{statements / n:.1f}", f"{commits / n:.1f}"])
+        rows.append(
+            [
+                label,
+                f"{calls / n:.2f}",
+                f"{seconds / n * 1000:.2f}",
+                f"{statements / n:.1f}",
+                f"{commits / n:.1f}",
+            ]
+        )
     loop = phases.get(dict(PHASES)["run"])
     if loop:
         top = sum(phases[dict(PHASES)[key]][0] for key in TOP_LEVEL if dict(PHASES)[key] in phases)
-        rows.append(["rest of the loop (pipes, process joins, progress lines)", "", f"{(loop[0] - top) / n * 1000:.2f}", "", ""])
-    print(markdown_table(["driver call", "calls per trial", "ms per trial", "SQL statements per trial", "commits per trial"], rows))
+        rows.append(
+            [
+                "rest of the loop (pipes, process joins, progress lines)",
+                "",
+                f"{(loop[0] - top) / n * 1000:.2f}",
+                "",
+                "",
+            ]
+        )
+    print(
+        markdown_table(
+            [
+                "driver call",
+                "calls per trial",
+                "ms per trial",
+                "SQL statements per trial",
+                "commits per trial",
+            ],
+            rows,
+        )
+    )
     print()
     idle = phases.get(dict(PHASES)["wait"], [0.0])[0]
     if loop:
-        print(f"The driver was busy {100 * (1 - idle / loop[0]):.0f}% of the trial loop ({loop[0]:.1f} s; idle = waiting on the"
-              f" trial processes' pipes); {result['span_s'] / n * 1000:.1f} ms per trial end to end. ↳ rows are inside"
-              " the row above them; the unindented rows before `set_user_attr` add up, with the idle wait and the rest, to the loop.")
-    kinds = ", ".join(f"{k} {v / n:.1f}" for k, v in sorted(result["statement_kinds"].items(), key=lambda kv: -kv[1]))
+        print(
+            f"The driver was busy {100 * (1 - idle / loop[0]):.0f}% of the trial loop ({loop[0]:.1f} s; idle "
+            f"= waiting on the trial processes' pipes); {result['span_s'] / n * 1000:.1f} ms per trial end "
+            "to end. ↳ rows are inside the row above them; the unindented rows before `set_user_attr` add "
+            "up, with the idle wait and the rest, to the loop."
+        )
+    kinds = ", ".join(
+        f"{k} {v / n:.1f}" for k, v in sorted(result["statement_kinds"].items(), key=lambda kv: -kv[1])
+    )
     print(f"Statements by kind per trial (whole run): {kinds}.")
     gaps = result.get("gaps") or {}
     parts = [
         f"{name} {g['median_ms']:.1f} ms median ({g['p90_ms']:.1f} p90)" for name, g in gaps.items() if g
     ]
     if parts:
-        print("Trial-process side, timed by the driver (includes waiting for the busy driver): " + "; ".join(parts) + ".")
+        print(
+            "Trial-process side, timed by the driver (includes waiting for the busy driver): "
+            + "; ".join(parts)
+            + "."
+        )
     print()
 
 
@@ -605,19 +741,29 @@ def print_profile(path: Path, result: dict[str, Any]) -> None:
     n = result["trials"]
     stats = pstats.Stats(str(path))
     total = stats.total_tt  # type: ignore[attr-defined]
-    print(f"### cProfile of run_sweep (ftsweep-local, {n} trials; cProfile slows it to "
-          f"{result['span_s'] / n * 1000:.0f} ms per trial)\n")
+    print(
+        f"### cProfile of run_sweep (ftsweep-local, {n} trials; cProfile slows it to "
+        f"{result['span_s'] / n * 1000:.0f} ms per trial)\n"
+    )
     rows = []
     entries = stats.stats  # type: ignore[attr-defined]
     ranked = sorted(entries.items(), key=lambda item: item[1][2], reverse=True)[:20]
     for (filename, line, function), (_cc, ncalls, tottime, cumtime, _callers) in ranked:
         where = _short(filename, line, function)
         rows.append([where, f"{ncalls / n:.1f}", f"{tottime / n * 1000:.2f}", f"{cumtime / n * 1000:.2f}"])
-    print(markdown_table(["function (by own time)", "calls per trial", "own ms per trial", "cumulative ms per trial"], rows))
+    print(
+        markdown_table(
+            ["function (by own time)", "calls per trial", "own ms per trial", "cumulative ms per trial"], rows
+        )
+    )
     print()
     buffer = io.StringIO()
-    pstats.Stats(str(path), stream=buffer).sort_stats("cumulative").print_stats(r"orchestrator|optuna/(study|trial|storages)", 25)
-    print(f"Total profiled time {total:.1f} s. Top cumulative entries in orchestrator/ and optuna (pstats):\n")
+    pstats.Stats(str(path), stream=buffer).sort_stats("cumulative").print_stats(
+        r"orchestrator|optuna/(study|trial|storages)", 25
+    )
+    print(
+        f"Total profiled time {total:.1f} s. Top cumulative entries in orchestrator/ and optuna (pstats):\n"
+    )
     print("```")
     text = buffer.getvalue()
     start = text.find("   ncalls")

@@ -40,7 +40,8 @@ FTSWEEP = _common.REPO_ROOT / ".venv" / "bin" / "ftsweep"
 
 
 def build_study(url: str, name: str, folder: Path, n_trials: int, seed: int = 0) -> tuple[float, float]:
-    """A real ftsweep study of ``n_trials`` trials; returns (seconds for run_sweep, seconds for add_trials)."""
+    """A real ftsweep study of ``n_trials`` trials; returns (seconds for run_sweep, seconds for
+    add_trials)."""
     import optuna
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
@@ -82,8 +83,12 @@ def build_study(url: str, name: str, folder: Path, n_trials: int, seed: int = 0)
             value=score + 0.03,
             params=params,
             distributions=distributions,
-            user_attrs={"device": "cuda:0", "owner": f"bench-host:{1000 + number % 7}", "epochs": 3,
-                        "mlflow_run_id": uuid.UUID(int=rng.getrandbits(128)).hex},
+            user_attrs={
+                "device": "cuda:0",
+                "owner": f"bench-host:{1000 + number % 7}",
+                "epochs": 3,
+                "mlflow_run_id": uuid.UUID(int=rng.getrandbits(128)).hex,
+            },
             intermediate_values={epoch: score + 0.01 * epoch for epoch in (1, 2, 3)},
         )
         duration = datetime.timedelta(seconds=rng.uniform(20, 90))
@@ -106,10 +111,14 @@ def _build_storage(url: str) -> Any:
     from sqlalchemy import event
 
     if url.startswith("postgresql"):
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"options": "-c synchronous_commit=off"}})
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs={"connect_args": {"options": "-c synchronous_commit=off"}}
+        )
     storage = optuna.storages.RDBStorage(url)
     if url.startswith("sqlite"):
-        event.listen(storage.engine, "connect", lambda connection, record: connection.execute("PRAGMA synchronous=OFF"))
+        event.listen(
+            storage.engine, "connect", lambda connection, record: connection.execute("PRAGMA synchronous=OFF")
+        )
         storage.engine.dispose()
     return storage
 
@@ -126,9 +135,14 @@ def best_of(n: int, action: Callable[[], Any]) -> tuple[float, list[float]]:
 def cli_time(arguments: list[str], repeat: int) -> tuple[float, list[float]]:
     def run() -> None:
         with open(os.devnull, "wb") as sink:
-            result = subprocess.run([str(FTSWEEP), *arguments], stdout=sink, stderr=subprocess.PIPE, cwd=_common.REPO_ROOT)
+            result = subprocess.run(
+                [str(FTSWEEP), *arguments], stdout=sink, stderr=subprocess.PIPE, cwd=_common.REPO_ROOT
+            )
         if result.returncode != 0:
-            raise SystemExit(f"ftsweep {' '.join(arguments)} failed ({result.returncode}): {result.stderr.decode()[-2000:]}")
+            raise SystemExit(
+                f"ftsweep {' '.join(arguments)} failed ({result.returncode}): "
+                f"{result.stderr.decode()[-2000:]}"
+            )
 
     return best_of(repeat, run)
 
@@ -160,7 +174,9 @@ def in_process_steps(url: str, name: str, repeat: int) -> dict[str, dict[str, fl
                     print(render_plain(data), file=sink)
                 else:
                     Console(file=sink, highlight=False, soft_wrap=False, width=120).print(render_status(data))
-            steps["render and print as the CLI does (rich table; plain text above 1,000 rows)"] = time.perf_counter() - mark
+            steps["render and print as the CLI does (rich table; plain text above 1,000 rows)"] = (
+                time.perf_counter() - mark
+            )
             steps["total in-process"] = time.perf_counter() - start
             mark = time.perf_counter()
             with open(os.devnull, "w") as sink:
@@ -204,8 +220,13 @@ def fresh_breakdown(url: str, name: str, mode: str, repeat: int) -> dict[str, An
 
     best: dict[str, Any] = {}
     for _ in range(repeat):
-        out = subprocess.run([sys.executable, "-c", BREAKDOWN, url, name, mode], capture_output=True, text=True, check=True,
-                             cwd=_common.REPO_ROOT)
+        out = subprocess.run(
+            [sys.executable, "-c", BREAKDOWN, url, name, mode],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=_common.REPO_ROOT,
+        )
         for key, value in json.loads(out.stdout.strip().splitlines()[-1]).items():
             best[key] = value if isinstance(value, bool) else min(best.get(key, math.inf), value)
     return best
@@ -217,8 +238,24 @@ def cli_profile(url: str, name: str, folder: Path, flags: list[str]) -> list[lis
 
     out = folder / f"status-{uuid.uuid4().hex[:6]}.prof"
     with open(os.devnull, "wb") as sink:
-        subprocess.run([sys.executable, "-m", "cProfile", "-o", str(out), str(FTSWEEP), "status", name, "--storage", url, *flags],
-                       stdout=sink, check=True, cwd=_common.REPO_ROOT)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cProfile",
+                "-o",
+                str(out),
+                str(FTSWEEP),
+                "status",
+                name,
+                "--storage",
+                url,
+                *flags,
+            ],
+            stdout=sink,
+            check=True,
+            cwd=_common.REPO_ROOT,
+        )
     stats = pstats.Stats(str(out)).stats  # type: ignore[attr-defined]
 
     def cumulative(path_part: str, function: str) -> float:
@@ -231,13 +268,21 @@ def cli_profile(url: str, name: str, folder: Path, flags: list[str]) -> list[lis
         ("orchestrator.status.read_status", cumulative("orchestrator/status.py", "read_status")),
         ("↳ SQLAlchemy Connection.execute (the queries)", cumulative("sqlalchemy/engine/base.py", "execute")),
         ("↳ orchestrator.status.decode_param", cumulative("orchestrator/status.py", "decode_param")),
-        ("orchestrator.status.render_plain (the plain text the CLI prints above 1,000 rows)",
-         cumulative("orchestrator/status.py", "render_plain")),
-        ("orchestrator.status.render_status (a rich Table, up to 1,000 rows)", cumulative("orchestrator/status.py", "render_status")),
+        (
+            "orchestrator.status.render_plain (the plain text the CLI prints above 1,000 rows)",
+            cumulative("orchestrator/status.py", "render_plain"),
+        ),
+        (
+            "orchestrator.status.render_status (a rich Table, up to 1,000 rows)",
+            cumulative("orchestrator/status.py", "render_status"),
+        ),
         ("rich Console.print", cumulative("rich/console.py", "print")),
     ]
     out.unlink(missing_ok=True)
-    return [[label, f"{seconds:.3f}", f"{100 * seconds / total:.0f}%" if total else ""] for label, seconds in buckets]
+    return [
+        [label, f"{seconds:.3f}", f"{100 * seconds / total:.0f}%" if total else ""]
+        for label, seconds in buckets
+    ]
 
 
 def import_floor(repeat: int) -> float:
@@ -247,7 +292,13 @@ def import_floor(repeat: int) -> float:
 
 
 def measure(
-    url: str, label: str, name: str, args: argparse.Namespace, results: list[list[Any]], details: list[str], folder: Path
+    url: str,
+    label: str,
+    name: str,
+    args: argparse.Namespace,
+    results: list[list[Any]],
+    details: list[str],
+    folder: Path,
 ) -> None:
     repeat = args.repeat
 
@@ -269,8 +320,15 @@ def measure(
         results.append([label, f"`{shown}` (CLI, > /dev/null)", f"{best:.2f}", each(every), verdict(best)])
     steps = in_process_steps(url, name, repeat)
     for mode, values in steps.items():
-        results.append([label, f"in-process `read_status` + render + print, {mode}", f"{values['total in-process']:.2f}",
-                        "", verdict(values["total in-process"])])
+        results.append(
+            [
+                label,
+                f"in-process `read_status` + render + print, {mode}",
+                f"{values['total in-process']:.2f}",
+                "",
+                verdict(values["total in-process"]),
+            ]
+        )
 
     modes = list(steps)
     keys = [k for k in steps[modes[0]] if k != "rows shown"]
@@ -282,13 +340,22 @@ def measure(
     fresh = {mode: fresh_breakdown(url, name, mode, repeat) for mode in ("default", "all")}
     keys = [k for k in fresh["all"] if k != "optuna imported"]
     rows = [[key, f"{fresh['default'][key]:.3f}", f"{fresh['all'][key]:.3f}"] for key in keys]
-    rows.append(["sum", f"{sum(fresh['default'][k] for k in keys):.3f}", f"{sum(fresh['all'][k] for k in keys):.3f}"])
-    details.append(f"#### {label}: the same steps in a fresh interpreter, no profiler (best of {repeat} each, seconds;"
-                   f" optuna imported: {fresh['all']['optuna imported']})\n")
+    rows.append(
+        ["sum", f"{sum(fresh['default'][k] for k in keys):.3f}", f"{sum(fresh['all'][k] for k in keys):.3f}"]
+    )
+    details.append(
+        f"#### {label}: the same steps in a fresh interpreter, no profiler (best of {repeat} each, seconds;"
+        f" optuna imported: {fresh['all']['optuna imported']})\n"
+    )
     details.append(markdown_table(["step", "default (last 200)", "--all"], rows))
     details.append("")
-    details.append(f"#### {label}: cProfile of one fresh `ftsweep status NAME --all` process (inclusive, overlapping buckets)\n")
-    details.append(markdown_table(["where", "seconds (profiled)", "share"], cli_profile(url, name, folder, ["--all"])))
+    details.append(
+        f"#### {label}: cProfile of one fresh `ftsweep status NAME --all` process (inclusive, overlapping "
+        "buckets)\n"
+    )
+    details.append(
+        markdown_table(["where", "seconds (profiled)", "share"], cli_profile(url, name, folder, ["--all"]))
+    )
     details.append("")
 
 
@@ -296,7 +363,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n-trials", type=int, default=10_000, help="trials in the study (default 10,000)")
     parser.add_argument("--repeat", type=int, default=3, help="best of N for every timing (default 3)")
-    parser.add_argument("--postgres", default=DEFAULT_POSTGRES, help=f"PostgreSQL URL (default {DEFAULT_POSTGRES})")
+    parser.add_argument(
+        "--postgres", default=DEFAULT_POSTGRES, help=f"PostgreSQL URL (default {DEFAULT_POSTGRES})"
+    )
     parser.add_argument("--skip-postgres", action="store_true", help="SQLite only")
     args = parser.parse_args()
 
@@ -316,14 +385,19 @@ def main() -> None:
             name = "status-scale"
             print("building the SQLite study ...", file=sys.stderr, flush=True)
             first, added = build_study(sqlite_url, name, folder, args.n_trials)
-            build.append(f"SQLite: run_sweep of 1 noop trial {first:.1f} s, add_trials of {args.n_trials - 1:,} trials {added:.1f} s")
+            build.append(
+                f"SQLite: run_sweep of 1 noop trial {first:.1f} s, add_trials of {args.n_trials - 1:,} "
+                f"trials {added:.1f} s"
+            )
             measure(sqlite_url, "SQLite", name, args, results, details, folder)
             if not args.skip_postgres:
                 pg_name = f"status-scale-{uuid.uuid4().hex[:8]}"
                 try:
                     print("building the PostgreSQL study ...", file=sys.stderr, flush=True)
                     first, added = build_study(args.postgres, pg_name, folder, args.n_trials)
-                    build.append(f"PostgreSQL: run_sweep of 1 noop trial {first:.1f} s, add_trials {added:.1f} s")
+                    build.append(
+                        f"PostgreSQL: run_sweep of 1 noop trial {first:.1f} s, add_trials {added:.1f} s"
+                    )
                     measure(args.postgres, "PostgreSQL", pg_name, args, results, details, folder)
                 finally:
                     with contextlib.suppress(Exception):
@@ -335,16 +409,22 @@ def main() -> None:
             other.stop()
 
     extra = [
-        f"study: {args.n_trials:,} COMPLETE trials, 7 params, 3 intermediate values and 4 user attributes each; "
-        f"PostgreSQL at {args.postgres.split('@')[-1]}",
+        f"study: {args.n_trials:,} COMPLETE trials, 7 params, 3 intermediate values and 4 user attributes "
+        f"each; PostgreSQL at {args.postgres.split('@')[-1]}",
         *build,
-        f"Python start + the imports of `ftsweep status` (no database): {floor:.2f} s (best of {args.repeat})",
+        f"Python start + the imports of `ftsweep status` (no database): {floor:.2f} s (best of "
+        f"{args.repeat})",
         other.summary(),
     ]
     print(f"## `ftsweep status` on {args.n_trials:,} trials\n")
     print(machine_header(extra))
     print()
-    print(markdown_table(["storage", "what", f"best of {args.repeat} (s)", "each run (s)", f"under {TARGET_S:g} s"], results))
+    print(
+        markdown_table(
+            ["storage", "what", f"best of {args.repeat} (s)", "each run (s)", f"under {TARGET_S:g} s"],
+            results,
+        )
+    )
     print()
     print("\n".join(details))
 

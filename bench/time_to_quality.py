@@ -200,7 +200,9 @@ def child_hf(task: dict[str, Any], folder: Path) -> None:
     path = resolve_model(task["model"], DEMO)
     tokenizer = AutoTokenizer.from_pretrained(path)
     num_layers = int(AutoConfig.from_pretrained(path).num_hidden_layers)
-    rows = read_trainer_data(tokenizer, Path(task["data"]["train"]), Path(task["data"]["validation"]), task["max_length"])
+    rows = read_trainer_data(
+        tokenizer, Path(task["data"]["train"]), Path(task["data"]["validation"]), task["max_length"]
+    )
     labels, index, train_labels = rows.labels, rows.index, rows.train_labels
 
     def suggest(trial: Any, name: str) -> Any:
@@ -414,20 +416,23 @@ def seconds(value: float | None) -> str:
 def report(results: dict[str, dict[str, Any]], task: dict[str, Any], load: OtherLoad) -> None:
     budget = task["budget"]
     ours, theirs = results["ftsweep"]["trials"], results["hf"]["trials"]
+    sampler_options = (
+        ", ".join(f"{k} {v}" for k, v in task["sampler"].items() if k not in ("name", "seed")) or "defaults"
+    )
+    pruner_options = ", ".join(f"{k} {v}" for k, v in task["pruner"].items() if k != "name") or "defaults"
     print("## Time to quality: ftsweep vs Trainer.hyperparameter_search (optuna)\n")
     print(
         machine_header(
             [
                 f"transformers {package_version('transformers')}; accelerate {package_version('accelerate')}",
                 f"{task['model']}; {task['data']['rows']['train']} training rows (stratified, seed "
-                f"{task['seed']}), all {task['data']['rows']['validation']} validation rows; max_length {task['max_length']}, batch "
-                f"{task['batch_size']}, {task['epochs']} epochs per trial, class weights "
-                f"{task['class_weights']}; objective validation macro F1 (maximize)",
+                f"{task['seed']}), all {task['data']['rows']['validation']} validation rows; max_length "
+                f"{task['max_length']}, batch {task['batch_size']}, {task['epochs']} epochs per trial, class "
+                f"weights {task['class_weights']}; objective validation macro F1 (maximize)",
                 f"budget {budget:g} s per system from its process start (imports and model loading "
                 f"included); {task['threads']} cores and torch threads each; one after the other "
                 f"({' then '.join(task['order'])}); MLflow / report_to off in both",
-                f"TPE seed {task['seed']} ({', '.join(f'{k} {v}' for k, v in task['sampler'].items() if k not in ('name', 'seed')) or 'defaults'}), "
-                f"median pruner ({', '.join(f'{k} {v}' for k, v in task['pruner'].items() if k != 'name') or 'defaults'}) in both; "
+                f"TPE seed {task['seed']} ({sampler_options}), median pruner ({pruner_options}) in both; "
                 f"space: {', '.join(SPACE)}",
                 load.summary(),
             ]

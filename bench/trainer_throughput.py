@@ -5,7 +5,8 @@ Both fine-tune the same model (MiniLM by default) on the same rows of the demo d
 file) with the same hyperparameters: AdamW at the same learning rate, linear decay without warmup,
 the same weight decay (not on biases and LayerNorm weights in either), gradient clipping at 1.0,
 the same batch size, epochs and max_length, the model's own dropout, float32 (or both under
-bfloat16 autocast with ``--precision bf16``), training seed 0 (``--seed``), 2 CPU threads. ftsweep runs one trial of its trainer (``TrialContext`` as a worker gives it);
+bfloat16 autocast with ``--precision bf16``), training seed 0 (``--seed``), 2 CPU threads. ftsweep
+runs one trial of its trainer (``TrialContext`` as a worker gives it);
 Hugging Face runs ``transformers.Trainer`` on ``AutoModelForSequenceClassification`` with
 ``DataCollatorWithPadding`` (per-batch padding), ``eval_strategy="epoch"``, ``report_to=[]``,
 ``dataloader_num_workers=0``. Each runs in a fresh Python process.
@@ -264,7 +265,12 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="a short check: 200 training rows, 200 eval rows, 2 epochs"
     )
-    parser.add_argument("--seed", type=int, default=0, help="training seed of both systems (head, shuffles); the data sample stays seed 0")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="training seed of both systems (head, shuffles); the data sample stays seed 0",
+    )
     parser.add_argument("--child", choices=tuple(SYSTEMS), help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -316,10 +322,10 @@ def main() -> None:
                 f"transformers {package_version('transformers')}; accelerate {package_version('accelerate')}",
                 f"{args.model}, {ours['train_rows']} training rows, "
                 f"{'all 600' if args.eval_rows is None else args.eval_rows} validation rows, max_length "
-                f"{args.max_length}, batch {args.batch_size}, {args.epochs} epochs, lr {args.learning_rate:g}, "
-                f"weight decay {args.weight_decay:g}, {args.threads} threads each, {args.precision}, seed {args.seed}; "
-                f"Trainer optimizer: {theirs.get('optim')}; {args.repeat} run(s) of each, alternating, "
-                "median run shown",
+                f"{args.max_length}, batch {args.batch_size}, {args.epochs} epochs, lr "
+                f"{args.learning_rate:g}, weight decay {args.weight_decay:g}, {args.threads} threads each, "
+                f"{args.precision}, seed {args.seed}; Trainer optimizer: {theirs.get('optim')}; "
+                f"{args.repeat} run(s) of each, alternating, median run shown",
                 f"padded tokens per training row: ftsweep {ours.get('tokens_per_row', float('nan')):.1f}, "
                 f"Trainer {theirs.get('tokens_per_row', float('nan')):.1f} (mean real tokens "
                 f"{ours.get('real_tokens_per_row', float('nan')):.1f})",

@@ -65,14 +65,18 @@ class PrunerConfig(BaseModel):
 
 class StudyConfig(_Strict):
     name: str = Field(min_length=1, max_length=200, description="The study's name in the storage.")
-    storage: str | None = Field(None, description=f"SQLAlchemy URL; default ${STORAGE_ENV} or {DEFAULT_STORAGE}.")
+    storage: str | None = Field(
+        None, description=f"SQLAlchemy URL; default ${STORAGE_ENV} or {DEFAULT_STORAGE}."
+    )
     # Neither has a default here: the trainer supplies them (see with_trainer_defaults).
     metric: str = Field(description="The metric the study optimizes; any metric the trainer reports.")
     direction: Literal["maximize", "minimize"] = Field(description="Which way the metric improves.")
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     pruner: PrunerConfig = Field(default_factory=PrunerConfig)
     n_trials: int = Field(20, ge=1, description="Finished trials the study runs, across all workers.")
-    timeout: float | None = Field(None, gt=0, description="Stop starting trials after this long: 90s, 30m, 2h.")
+    timeout: float | None = Field(
+        None, gt=0, description="Stop starting trials after this long: 90s, 30m, 2h."
+    )
     max_failures: int | None = Field(None, ge=1, description="Stop the study after this many failed trials.")
 
     @field_validator("timeout", mode="before")
@@ -98,12 +102,22 @@ class TrainerConfig(BaseModel):
 
 class ExecutionConfig(_Strict):
     backend: Literal["local", "ray"] = "local"
-    workers: int | Literal["auto"] = Field("auto", description="Trials at once; auto = one per GPU slot, 1 on CPU.")
+    workers: int | Literal["auto"] = Field(
+        "auto", description="Trials at once; auto = one per GPU slot, 1 on CPU."
+    )
     gpus_per_trial: float = Field(1.0, ge=0, description="0.5 packs two trials on a GPU; 0 runs on the CPU.")
-    cpus_per_trial: float | None = Field(None, gt=0, description="CPU threads (local) or CPUs (Ray) per trial.")
-    checkpoint_dir: str | None = Field(None, description="Folder for trial checkpoints; default next to the SQL file.")
-    keep_best_checkpoint: bool = Field(True, description="Keep the best trial's checkpoint and log it to MLflow.")
-    ray_address: str | None = Field(None, description="An existing Ray cluster ('auto'); omitted: a local Ray.")
+    cpus_per_trial: float | None = Field(
+        None, gt=0, description="CPU threads (local) or CPUs (Ray) per trial."
+    )
+    checkpoint_dir: str | None = Field(
+        None, description="Folder for trial checkpoints; default next to the SQL file."
+    )
+    keep_best_checkpoint: bool = Field(
+        True, description="Keep the best trial's checkpoint and log it to MLflow."
+    )
+    ray_address: str | None = Field(
+        None, description="An existing Ray cluster ('auto'); omitted: a local Ray."
+    )
     max_concurrent_trials: int | None = Field(None, ge=1)
 
     @field_validator("workers", mode="before")
@@ -129,7 +143,9 @@ class TrackingConfig(_Strict):
 class SweepModel(_Strict):
     study: StudyConfig
     trainer: TrainerConfig
-    search_space: str | dict[str, Any] = Field(description="A shipped space's name, a YAML file or a mapping.")
+    search_space: str | dict[str, Any] = Field(
+        description="A shipped space's name, a YAML file or a mapping."
+    )
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
@@ -168,7 +184,8 @@ class Sweep:
 
     @property
     def store(self) -> StoreLocation:
-        """The storage this sweep names (``study.storage``, else ``$FTSWEEP_STORAGE``, else the default), resolved.
+        """The storage this sweep names (``study.storage``, else ``$FTSWEEP_STORAGE``, else the default),
+        resolved.
 
         A resumed study is opened at ``--storage`` instead: the runner passes that location on.
         """
@@ -181,7 +198,8 @@ class Sweep:
 
     @property
     def tracking_location(self) -> TrackingLocation:
-        """The MLflow tracking store (``tracking.mlflow_uri``, else ``$MLFLOW_TRACKING_URI``, else the default)."""
+        """The MLflow tracking store (``tracking.mlflow_uri``, else ``$MLFLOW_TRACKING_URI``, else the
+        default)."""
         return TrackingLocation.resolve(self.tracking.mlflow_uri)
 
     @property
@@ -212,7 +230,9 @@ def literal_override(key: str, value: str) -> str:
     return f"{key}={json.dumps(value)}"
 
 
-_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*d)?\s*(?:(\d+(?:\.\d+)?)\s*h)?\s*(?:(\d+(?:\.\d+)?)\s*m)?\s*(?:(\d+(?:\.\d+)?)\s*s)?\s*$")
+_DURATION = re.compile(
+    r"^\s*(?:(\d+(?:\.\d+)?)\s*d)?\s*(?:(\d+(?:\.\d+)?)\s*h)?\s*(?:(\d+(?:\.\d+)?)\s*m)?\s*(?:(\d+(?:\.\d+)?)\s*s)?\s*$"
+)
 
 
 def parse_duration(value: Any) -> float:
@@ -254,7 +274,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                 child = node[part] = {}
             if not isinstance(child, dict):
                 problems.append(
-                    f"--set {key}: {'.'.join(parts[: depth + 1])} is {child!r}, not a mapping, so it has no key {parts[depth + 1]!r}"
+                    f"--set {key}: {'.'.join(parts[: depth + 1])} is {child!r}, not a mapping, so it has no "
+                    f"key {parts[depth + 1]!r}"
                 )
                 break
             node = child
@@ -326,4 +347,3 @@ def with_trainer_defaults(raw: dict[str, Any]) -> dict[str, Any]:
     if "search_space" not in raw and trainer_cls.default_search_space is not None:
         filled["search_space"] = trainer_cls.default_search_space
     return filled
-

@@ -74,7 +74,9 @@ def _count_physical_gpus() -> int:
     smi = shutil.which("nvidia-smi")
     if smi:
         try:
-            output = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10, check=False).stdout
+            output = subprocess.run(
+                [smi, "-L"], capture_output=True, text=True, timeout=10, check=False
+            ).stdout
             return sum(1 for line in output.splitlines() if line.startswith("GPU "))
         except (OSError, subprocess.SubprocessError):
             pass
@@ -122,11 +124,14 @@ def plan_slots(
         groups = [(gpu,) for _ in range(per_gpu) for gpu in gpu_ids]
     else:
         if gpus_per_trial != int(gpus_per_trial):
-            raise ConfigError(f"execution.gpus_per_trial: {gpus_per_trial} must be below 1 (0.5, 0.25) or a whole number")
+            raise ConfigError(
+                f"execution.gpus_per_trial: {gpus_per_trial} must be below 1 (0.5, 0.25) or a whole number"
+            )
         size = int(gpus_per_trial)
         if size > len(gpu_ids):
             raise ConfigError(
-                f"execution.gpus_per_trial: {size} GPUs per trial, but only {len(gpu_ids)} visible ({','.join(gpu_ids)})"
+                f"execution.gpus_per_trial: {size} GPUs per trial, but only {len(gpu_ids)} visible "
+                f"({','.join(gpu_ids)})"
             )
         groups = [tuple(gpu_ids[i : i + size]) for i in range(0, len(gpu_ids) - size + 1, size)]
     count = len(groups) if workers == "auto" else int(workers)

@@ -1,4 +1,5 @@
-"""What ``ftsweep best`` shows, read from the study's storage (``status`` is in :mod:`orchestrator.status`)."""
+"""What ``ftsweep best`` shows, read from the study's storage (``status`` is in
+:mod:`orchestrator.status`)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
     from optuna.study import StudyDirection
     from optuna.trial import TrialState
 
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+    complete = [
+        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None
+    ]
     if not complete:
         return None
     sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
@@ -38,7 +41,10 @@ def best_summary(study: optuna.Study, required: bool = True) -> dict[str, Any] |
     trial = best_trial(study)
     if trial is None:
         if required:
-            raise StudyNotFound(f"study {study.study_name!r} has no complete trial yet; see `ftsweep status {study.study_name}`") from None
+            raise StudyNotFound(
+                f"study {study.study_name!r} has no complete trial yet; see `ftsweep status "
+                f"{study.study_name}`"
+            ) from None
         return None
     sweep = stored_sweep(study)
     fixed = _fixed_params(study)
@@ -76,7 +82,8 @@ def format_best(summary: dict[str, Any], fmt: str) -> str:
 
         return yaml.safe_dump(summary, sort_keys=False)
     lines = [
-        f"study {summary['study']}: best trial {summary['trial']}, {summary['metric']} = {summary['value']:.6g} ({summary['direction']})",
+        f"study {summary['study']}: best trial {summary['trial']}, {summary['metric']} = "
+        f"{summary['value']:.6g} ({summary['direction']})",
     ]
     if summary.get("mlflow_run_id"):
         lines.append(f"MLflow run: {summary['mlflow_run_id']}")

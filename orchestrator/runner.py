@@ -75,7 +75,10 @@ def worker_slots(sweep: Sweep, workers: int | str | None) -> list[Slot]:
         return []
     execution = sweep.execution
     return plan_slots(
-        visible_gpu_ids(), execution.gpus_per_trial, workers or execution.workers, threads_per_trial=execution.cpus_per_trial
+        visible_gpu_ids(),
+        execution.gpus_per_trial,
+        workers or execution.workers,
+        threads_per_trial=execution.cpus_per_trial,
     )
 
 
@@ -128,11 +131,14 @@ def run_sweep(
             if tracker is not None:
                 tracker.close(status=None)
             raise
-        return _run_session(plan, study, tracker, slots, budget, timeout or sweep.study.timeout, live, location=location)
+        return _run_session(
+            plan, study, tracker, slots, budget, timeout or sweep.study.timeout, live, location=location
+        )
 
 
 def _one_driver(sweep: Sweep, location: StoreLocation) -> contextlib.AbstractContextManager[None]:
-    """On a SQLite file, one driver per study (:mod:`orchestrator.driver_lock`); a server database shares it."""
+    """On a SQLite file, one driver per study (:mod:`orchestrator.driver_lock`); a server database shares
+    it."""
     if location.shared:
         return contextlib.nullcontext()
     from orchestrator.driver_lock import driver_lock
@@ -176,8 +182,16 @@ def _run_session(
     shared = location.shared
     work_dir = study_work_dir(location, sweep.study.name)
     if tracker is not None:
-        tracker.start_study(params=_study_params(plan, budget, slots), artifacts=_study_artifacts(plan, location), tags={})
-    progress = Progress(study_name=sweep.study.name, metric=sweep.study.metric, budget=budget, live=live, timeout_seconds=timeout)
+        tracker.start_study(
+            params=_study_params(plan, budget, slots), artifacts=_study_artifacts(plan, location), tags={}
+        )
+    progress = Progress(
+        study_name=sweep.study.name,
+        metric=sweep.study.metric,
+        budget=budget,
+        live=live,
+        timeout_seconds=timeout,
+    )
     max_failures = sweep.study.max_failures
     session = StudySession(
         plan,
@@ -212,7 +226,9 @@ def _run_session(
     finally:
         # The one driver of a SQLite study closes any child run no live trial holds (a killed driver's).
         errors = tracker.close(status, close_orphans=not shared) if tracker is not None else []
-    return RunOutcome(sweep.study.name, location, session.result(), budget, session.n_counted, errors, work_dir)
+    return RunOutcome(
+        sweep.study.name, location, session.result(), budget, session.n_counted, errors, work_dir
+    )
 
 
 def make_backend(sweep: Sweep, slots: list[Slot], work_dir: Path) -> BaseBackend:
@@ -250,7 +266,6 @@ def _study_artifacts(plan: SweepPlan, location: StoreLocation) -> dict[str, str]
         "search_space.yaml": yaml.safe_dump(plan.space.to_dict(), sort_keys=False),
         "fixed_params.json": json.dumps(plan.fixed_params, indent=2, default=str),
     }
-
 
 
 def sweep_differences(stored: Sweep, given: Sweep) -> list[str]:
@@ -313,8 +328,9 @@ def _resume_study(
     location = StoreLocation.resolve(storage_url, key="--storage")
     if as_worker and not location.shared:
         raise UserError(
-            f"ftsweep worker needs a server database (postgresql+psycopg://...), not {location.display}: a SQLite file "
-            f"is one machine, one writer. On this machine run more trials at once with `ftsweep resume {study_name} --workers N`"
+            f"ftsweep worker needs a server database (postgresql+psycopg://...), not {location.display}: a "
+            "SQLite file is one machine, one writer. On this machine run more trials at once with `ftsweep "
+            f"resume {study_name} --workers N`"
         )
     storage = open_existing_storage(location, study_name)
     study = load_study(study_name, storage)
@@ -332,12 +348,16 @@ def _resume_study(
 
             given = validate_sweep(apply_overrides(sweep.raw, overrides or []), sweep.base_dir, sweep.source)
         if given.study.name != study_name:
-            raise ConfigError(f"study.name: the sweep file names {given.study.name!r}, not {study_name!r}", source=given.source)
+            raise ConfigError(
+                f"study.name: the sweep file names {given.study.name!r}, not {study_name!r}",
+                source=given.source,
+            )
         differences = sweep_differences(sweep, given)
         if differences and not force:
             raise ConfigError(
-                f"refusing to resume {study_name!r} with a different search space or trainer ({'; '.join(differences)}); "
-                "trials already run would not be comparable. Use --force to continue anyway",
+                f"refusing to resume {study_name!r} with a different search space or trainer "
+                f"({'; '.join(differences)}); trials already run would not be comparable. Use --force to "
+                "continue anyway",
                 source=given.source,
             )
         candidate = given
@@ -363,7 +383,9 @@ def _resume_study(
         print(f"re-running interrupted trial(s) {recovered} with the same parameters", file=sys.stderr)
     sampler = make_sampler(sweep, plan.space, concurrency(sweep, slots), seed_offset=len(study.trials))
     study = load_study(study_name, storage, sampler=sampler, pruner=make_pruner(sweep, plan.max_epochs))
-    return _run_session(plan, study, tracker, slots, budget, timeout or sweep.study.timeout, live, location=location)
+    return _run_session(
+        plan, study, tracker, slots, budget, timeout or sweep.study.timeout, live, location=location
+    )
 
 
 def _check_new_budget(study: optuna.Study, n_trials: int) -> None:
@@ -378,8 +400,9 @@ def _check_new_budget(study: optuna.Study, n_trials: int) -> None:
     finished = sum(1 for trial in study.get_trials(deepcopy=False) if counts_toward_budget(trial))
     if n_trials < finished:
         raise UserError(
-            f"--n-trials {n_trials}: study {study.study_name!r} already has {finished} finished trials, and --n-trials is "
-            f"its new total budget (not the trials to add); give at least {finished}, e.g. --n-trials {finished + n_trials}"
+            f"--n-trials {n_trials}: study {study.study_name!r} already has {finished} finished trials, and "
+            f"--n-trials is its new total budget (not the trials to add); give at least {finished}, e.g. "
+            f"--n-trials {finished + n_trials}"
         )
 
 

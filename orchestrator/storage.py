@@ -199,11 +199,13 @@ class StoreLocation:
         url = expand_env(raw.strip(), key)
         if not url:
             raise ConfigError(
-                f"{key}: the storage URL is empty; e.g. {DEFAULT_STORAGE} or postgresql+psycopg://user@host/db"
+                f"{key}: the storage URL is empty; e.g. {DEFAULT_STORAGE} or "
+                "postgresql+psycopg://user@host/db"
             )
         if "://" not in url:
             raise ConfigError(
-                f"{key} {mask_url(url)!r}: not a database URL; e.g. {DEFAULT_STORAGE} or postgresql+psycopg://user@host/db"
+                f"{key} {mask_url(url)!r}: not a database URL; e.g. {DEFAULT_STORAGE} or "
+                "postgresql+psycopg://user@host/db"
             )
         base = Path.cwd() if base_dir is None else Path(base_dir)
         url, sqlite_file = _absolute_sqlite(url, key, base)

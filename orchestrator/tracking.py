@@ -60,7 +60,16 @@ from orchestrator.storage import TrackingLocation, mask_text, study_folder
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEVICE_TAG", "REASON_TAG", "ROLE_TAG", "STATE_TAG", "STUDY_TAG", "TRIAL_TAG", "StudyTracker", "mlflow_client"]
+__all__ = [
+    "DEVICE_TAG",
+    "REASON_TAG",
+    "ROLE_TAG",
+    "STATE_TAG",
+    "STUDY_TAG",
+    "TRIAL_TAG",
+    "StudyTracker",
+    "mlflow_client",
+]
 
 #: How long a run's params, tags and metrics may wait to be merged into one write.
 FLUSH_SECONDS = 2.0
@@ -110,11 +119,13 @@ def check_reachable(tracking: TrackingLocation | str) -> None:
     path = location.sqlite_file
     if path is not None:
         if not path.parent.is_dir():
-            raise StorageError(f"{what}: the folder {path.parent} does not exist; create it, choose another URI {off}")
+            raise StorageError(
+                f"{what}: the folder {path.parent} does not exist; create it, choose another URI {off}"
+            )
         if not _writable(path):
             raise StorageError(
-                f"{what}: {path if path.exists() else path.parent} is not writable (MLflow writes the file and its "
-                f"journal in that folder); choose another URI {off}"
+                f"{what}: {path if path.exists() else path.parent} is not writable (MLflow writes the file "
+                f"and its journal in that folder); choose another URI {off}"
             )
         return
     address = _server_address(location.uri)
@@ -198,7 +209,11 @@ class StudyTracker:
     """
 
     def __init__(
-        self, tracking: TrackingLocation | str, experiment: str, study_name: str, flush_seconds: float | None = None
+        self,
+        tracking: TrackingLocation | str,
+        experiment: str,
+        study_name: str,
+        flush_seconds: float | None = None,
     ) -> None:
         self.location = _location(tracking)
         #: May carry a password: never shown (``location.display`` is).
@@ -230,7 +245,9 @@ class StudyTracker:
         """
         path = self.location.sqlite_file
         if path is not None and not path.parent.exists():
-            raise StorageError(f"tracking.mlflow_uri {self.location.display}: the folder {path.parent} does not exist")
+            raise StorageError(
+                f"tracking.mlflow_uri {self.location.display}: the folder {path.parent} does not exist"
+            )
         self._start_writer()  # it imports MLflow while this process does the same
         try:
             self._client = mlflow_client(self.tracking_uri)
@@ -248,14 +265,17 @@ class StudyTracker:
         except Exception as error:  # noqa: BLE001 - MLflow raises many kinds; translate them once, here
             self.close(status=None)
             detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise StorageError(f"tracking.mlflow_uri {self.location.display}: cannot use it ({mask_text(detail)})") from error
+            raise StorageError(
+                f"tracking.mlflow_uri {self.location.display}: cannot use it ({mask_text(detail)})"
+            ) from error
         if path is not None:
             with contextlib.suppress(OSError):
                 stat = path.stat()
                 self._store_identity = (stat.st_dev, stat.st_ino)
 
     def move_artifacts(self, old_root: Path, new_root: Path) -> None:
-        """A copied or moved SQLite store: artifacts that went under ``old_root`` go under ``new_root`` from now on."""
+        """A copied or moved SQLite store: artifacts that went under ``old_root`` go under ``new_root`` from
+        now on."""
         from orchestrator.store_adapter import move_artifact_locations
 
         path = self.location.sqlite_file
@@ -288,13 +308,15 @@ class StudyTracker:
                 return None
             what = "was replaced by another file"
         self._store_lost = (
-            f"the MLflow store {path} {what} while the study ran; the runs of the trials in flight are lost with it. "
-            "No new trial starts; `ftsweep resume` continues the study with a new MLflow store"
+            f"the MLflow store {path} {what} while the study ran; the runs of the trials in flight are lost "
+            "with it. No new trial starts; `ftsweep resume` continues the study with a new MLflow store"
         )
         self._errors.append(f"MLflow: {self._store_lost}")
         return self._store_lost
 
-    def start_study(self, *, params: Mapping[str, Any], artifacts: Mapping[str, str], tags: Mapping[str, str]) -> str:
+    def start_study(
+        self, *, params: Mapping[str, Any], artifacts: Mapping[str, str], tags: Mapping[str, str]
+    ) -> str:
         """The study's parent run: the existing one when the study is resumed, else a new one."""
         client = self._client
         existing = client.search_runs(
@@ -317,18 +339,30 @@ class StudyTracker:
                 client.log_text(run_id, text, name)
         self.parent_run_id = run_id
         assert self._experiment_id is not None  # set by open()
-        self._outbox.put(WriterSetup(self.tracking_uri, self._experiment_id, self.study_name, run_id, self.flush_seconds))
+        self._outbox.put(
+            WriterSetup(self.tracking_uri, self._experiment_id, self.study_name, run_id, self.flush_seconds)
+        )
         return run_id
 
     def _start_writer(self) -> None:
-        """The writer process (its set-up message follows from ``start_study``); its messages come back on a thread."""
+        """The writer process (its set-up message follows from ``start_study``); its messages come back on a
+        thread."""
         to_writer_read, to_writer_write = os.pipe()
         from_writer_read, from_writer_write = os.pipe()
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator._tracking_writer", str(to_writer_read), str(from_writer_write)],
+            [
+                sys.executable,
+                "-m",
+                "orchestrator._tracking_writer",
+                str(to_writer_read),
+                str(from_writer_write),
+            ],
             pass_fds=(to_writer_read, from_writer_write),
             stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_package_root(), os.environ.get("PYTHONPATH")]))},
+            env={
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join(filter(None, [_package_root(), os.environ.get("PYTHONPATH")])),
+            },
         )
         os.close(to_writer_read)
         os.close(from_writer_write)
@@ -336,8 +370,12 @@ class StudyTracker:
 
         outgoing = Connection(to_writer_write, readable=False)
         incoming = Connection(from_writer_read, writable=False)
-        threading.Thread(target=self._send_loop, args=(outgoing,), name="ftsweep-mlflow-send", daemon=True).start()
-        threading.Thread(target=self._receive_loop, args=(incoming,), name="ftsweep-mlflow-receive", daemon=True).start()
+        threading.Thread(
+            target=self._send_loop, args=(outgoing,), name="ftsweep-mlflow-send", daemon=True
+        ).start()
+        threading.Thread(
+            target=self._receive_loop, args=(incoming,), name="ftsweep-mlflow-receive", daemon=True
+        ).start()
 
     def _send_loop(self, connection: Any) -> None:
         """Messages go out from this thread, so the driver never blocks on a full pipe."""
@@ -371,7 +409,9 @@ class StudyTracker:
                     finished = True
                     self.writer_stats = dict(message.stats)
         if not finished:
-            self._errors.append("MLflow: the tracking writer process ended early; later trials are not tracked")
+            self._errors.append(
+                "MLflow: the tracking writer process ended early; later trials are not tracked"
+            )
         for run in list(self._runs.values()):
             run.set_exception(RuntimeError("the MLflow writer process ended"))
         self._closed.set()
@@ -383,7 +423,12 @@ class StudyTracker:
         self._outbox.put(message)
 
     def start_trial(
-        self, number: int, params: Mapping[str, Any], device: str, run_id: str | None = None, rerun_of: int | None = None
+        self,
+        number: int,
+        params: Mapping[str, Any],
+        device: str,
+        run_id: str | None = None,
+        rerun_of: int | None = None,
     ) -> RunFuture:
         """Open the trial's child run; the future gives its id.
 
@@ -416,7 +461,9 @@ class StudyTracker:
     ) -> None:
         """Close the child run with the trial's final state (COMPLETE, PRUNED, FAIL, INTERRUPTED)."""
         paths = {name: str(path) for name, path in (artifacts or {}).items()}
-        self._send(EndRun(run.key, state, value, reason, dict(summary or {}), traceback_text, paths, _now_ms()))
+        self._send(
+            EndRun(run.key, state, value, reason, dict(summary or {}), traceback_text, paths, _now_ms())
+        )
 
     def set_best(self, number: int, value: float, params: Mapping[str, Any]) -> None:
         """Keep the parent run's best trial, value and parameters up to date."""
@@ -440,7 +487,9 @@ class StudyTracker:
             self._outbox.put(CloseWriter(status, close_orphans))
             self._outbox.put(None)
             if not self._closed.wait(CLOSE_TIMEOUT_SECONDS):
-                self._errors.append(f"MLflow: the tracking writer did not finish in {CLOSE_TIMEOUT_SECONDS:.0f} s; stopped it")
+                self._errors.append(
+                    f"MLflow: the tracking writer did not finish in {CLOSE_TIMEOUT_SECONDS:.0f} s; stopped it"
+                )
                 self._process.kill()
             self._process.wait()
             self._process = None

@@ -84,8 +84,14 @@ def write_sweep(folder: Path, sweep: dict, name: str = "sweep.yaml") -> Path:
 
 def cli_env(**extra: str) -> dict[str, str]:
     """The environment the ftsweep CLI runs with in tests: offline, the tests' own trainers importable."""
-    env = {key: value for key, value in os.environ.items() if key not in ("FTSWEEP_STORAGE", "MLFLOW_TRACKING_URI")}
-    env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("FTSWEEP_STORAGE", "MLFLOW_TRACKING_URI")
+    }
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(
+        os.pathsep
+    )
     env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
     env.update(extra)
     return env
@@ -110,8 +116,14 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 300, **env: str):
 def fault_sweep(name: str = "faults", n_trials: int = 4, workers: int = 2, **trainer: object) -> dict:
     """A sweep of the tests' FaultTrainer (a user trainer given by import path)."""
     return {
-        "study": {"name": name, "metric": "score", "n_trials": n_trials, "sampler": {"name": "tpe", "seed": 0},
-                  "pruner": {"name": "none"}, "max_failures": 100},
+        "study": {
+            "name": name,
+            "metric": "score",
+            "n_trials": n_trials,
+            "sampler": {"name": "tpe", "seed": 0},
+            "pruner": {"name": "none"},
+            "max_failures": 100,
+        },
         "trainer": {"name": "fault_trainer:FaultTrainer", "epochs": 3, **trainer},
         "search_space": {"x": {"type": "float", "low": -2.0, "high": 3.0}},
         "execution": {"workers": workers},

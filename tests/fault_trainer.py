@@ -68,8 +68,13 @@ class FaultTrainer(BaseTrainer):
         import sys
 
         node = sys.modules["ray"].get_runtime_context().get_node_id() if "ray" in sys.modules else "local"
-        line = {"trial": number, "node": node, "gpus": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
-                "start": started, "end": time.time()}
+        line = {
+            "trial": number,
+            "node": node,
+            "gpus": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+            "start": started,
+            "end": time.time(),
+        }
         with open(path, "a", encoding="utf-8") as stream:
             stream.write(json.dumps(line) + "\n")
 

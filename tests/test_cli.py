@@ -58,7 +58,9 @@ def test_a_search_space_parameter_the_trainer_does_not_take(tmp_path: Path) -> N
     sweep = fault_sweep("space")
     sweep["search_space"]["momentum"] = {"type": "float", "low": 0.1, "high": 0.9}
     write_sweep(tmp_path, sweep)
-    assert_user_error(run_cli(["run", "sweep.yaml"], cwd=tmp_path), "search_space.momentum", "allowed: x, epochs")
+    assert_user_error(
+        run_cli(["run", "sweep.yaml"], cwd=tmp_path), "search_space.momentum", "allowed: x, epochs"
+    )
 
 
 def test_a_metric_the_trainer_does_not_report(tmp_path: Path) -> None:
@@ -77,14 +79,18 @@ def test_an_unknown_trainer(tmp_path: Path) -> None:
 
 def test_an_unreachable_storage_is_a_user_error_and_records_nothing(tmp_path: Path) -> None:
     write_sweep(tmp_path, fault_sweep("down"))
-    result = run_cli(["run", "sweep.yaml", "--storage", "postgresql+psycopg://postgres@127.0.0.1:1/test"], cwd=tmp_path)
+    result = run_cli(
+        ["run", "sweep.yaml", "--storage", "postgresql+psycopg://postgres@127.0.0.1:1/test"], cwd=tmp_path
+    )
     assert_user_error(result, "storage postgresql+psycopg://postgres@127.0.0.1:1/test", "cannot open it")
     assert not (tmp_path / "mlflow.db").exists()
 
 
 def test_set_overrides_reach_the_study(tmp_path: Path) -> None:
     write_sweep(tmp_path, fault_sweep("override", n_trials=5, workers=1))
-    result = run_cli(["run", "sweep.yaml", "--set", "study.n_trials=1", "--set", "trainer.epochs=2"], cwd=tmp_path)
+    result = run_cli(
+        ["run", "sweep.yaml", "--set", "study.n_trials=1", "--set", "trainer.epochs=2"], cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     import optuna
 
@@ -95,17 +101,23 @@ def test_set_overrides_reach_the_study(tmp_path: Path) -> None:
 def test_an_unknown_study_lists_the_ones_there(tmp_path: Path) -> None:
     write_sweep(tmp_path, fault_sweep("present", n_trials=1, workers=1))
     assert run_cli(["run", "sweep.yaml"], cwd=tmp_path).returncode == 0
-    assert_user_error(run_cli(["status", "absent"], cwd=tmp_path), "no study 'absent'", "studies there: present")
+    assert_user_error(
+        run_cli(["status", "absent"], cwd=tmp_path), "no study 'absent'", "studies there: present"
+    )
 
 
 @pytest.mark.parametrize("verb", ["status", "best", "resume", "ui"])
-def test_reading_a_study_from_a_storage_file_that_does_not_exist_creates_nothing(tmp_path: Path, verb: str) -> None:
+def test_reading_a_study_from_a_storage_file_that_does_not_exist_creates_nothing(
+    tmp_path: Path, verb: str
+) -> None:
     result = run_cli([verb, "mystudy", "--storage", "sqlite:///typo.db"], cwd=tmp_path)
     assert_user_error(result, "no study 'mystudy'", "typo.db does not exist", "--storage")
     assert list(tmp_path.iterdir()) == []
 
 
-def test_reading_a_study_from_a_database_that_is_not_a_study_store_leaves_it_as_it_was(tmp_path: Path) -> None:
+def test_reading_a_study_from_a_database_that_is_not_a_study_store_leaves_it_as_it_was(
+    tmp_path: Path,
+) -> None:
     import sqlite3
 
     other = tmp_path / "mlflow.db"
@@ -144,7 +156,11 @@ def test_ui_serves_the_studys_tracking_store(tmp_path: Path) -> None:
     port = _free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "orchestrator.cli", "ui", "shown", "--port", str(port)],
-        cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         start_new_session=True,  # the UI starts a server process of its own: stop the whole group
     )
     try:
@@ -161,9 +177,14 @@ def test_ui_serves_the_studys_tracking_store(tmp_path: Path) -> None:
                 assert process.poll() is None, "the MLflow UI exited"
                 assert time.monotonic() < deadline, "the MLflow UI did not answer within 240 s"
                 time.sleep(1)
-        body = urllib.request.urlopen(
-            f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/get-by-name?experiment_name=shown", timeout=60
-        ).read().decode()
+        body = (
+            urllib.request.urlopen(
+                f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/get-by-name?experiment_name=shown",
+                timeout=60,
+            )
+            .read()
+            .decode()
+        )
         assert '"name": "shown"' in body or '"name":"shown"' in body
     finally:
         os.killpg(process.pid, signal.SIGTERM)

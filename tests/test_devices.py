@@ -54,7 +54,10 @@ def test_cpus_per_trial_sets_each_trials_threads(gpus, tmp_path) -> None:
     from orchestrator.runner import worker_slots
 
     assert [slot.n_threads for slot in plan_slots([], 1, workers=2, n_cpus=8, threads_per_trial=1)] == [1, 1]
-    assert [slot.n_threads for slot in plan_slots(gpus(2), 1, workers=2, n_cpus=8, threads_per_trial=3)] == [3, 3]
+    assert [slot.n_threads for slot in plan_slots(gpus(2), 1, workers=2, n_cpus=8, threads_per_trial=3)] == [
+        3,
+        3,
+    ]
     assert plan_slots([], 1, n_cpus=8, threads_per_trial=0.4)[0].n_threads == 1
     (tmp_path / "sweep.yaml").write_text(
         "study: {name: s, metric: score, n_trials: 2}\n"

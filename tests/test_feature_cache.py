@@ -505,8 +505,12 @@ def test_the_extra_disk_is_bounded(deep_model: Path, tmp_path: Path) -> None:
     cache.close()
 
 
-def test_the_sweep_file_bounds_the_extra_disk(tiny_model: Path, toy_data: dict[str, Path], tmp_path: Path) -> None:
-    default = run_trial(make_trainer(tiny_model, toy_data, tmp_path), {"freeze_depth": 2}, tmp_path / "default")
+def test_the_sweep_file_bounds_the_extra_disk(
+    tiny_model: Path, toy_data: dict[str, Path], tmp_path: Path
+) -> None:
+    default = run_trial(
+        make_trainer(tiny_model, toy_data, tmp_path), {"freeze_depth": 2}, tmp_path / "default"
+    )
     assert sum("stored too" in line for line in default[2]) == 2
     assert len(entries(tmp_path / "default")) == 4  # depths 1 and 2 of train and validation
     bounded = make_trainer(tiny_model, toy_data, tmp_path, feature_cache_intermediate_mb=0)
@@ -536,7 +540,8 @@ def test_beyond_the_memory_budget_states_are_memory_mapped(
     off = run_trial(make_trainer(tiny_model, toy_data, tmp_path, feature_cache=False), {"freeze_depth": 1})
     trainer = make_trainer(tiny_model, toy_data, tmp_path, feature_cache_memory_mb=0)
     shared = run_trial(trainer, {"freeze_depth": 1}, tmp_path / "cache")
-    assert sum("memory-mapped from " + str(tmp_path / "cache") in line for line in shared[2]) == 2  # train and validation
+    # train and validation
+    assert sum("memory-mapped from " + str(tmp_path / "cache") in line for line in shared[2]) == 2
     assert_same_trial(off, shared)
     # No study folder: a temporary one, removed when the trial ends.
     private = run_trial(trainer, {"freeze_depth": 1})
@@ -663,7 +668,8 @@ def test_two_processes_creating_one_entry_create_it_once(tmp_path: Path) -> None
     for process in processes:
         process.join(timeout=60)
         assert process.exitcode == 0
-    # Exactly one created it; the other waited on the lock (the creator saw it wait), then read the finished entry.
+    # Exactly one created it; the other waited on the lock (the creator saw it wait), then read the
+    # finished entry.
     assert outcomes == [(False, "complete"), (True, "complete")]
     assert sorted(path.name for path in tmp_path.iterdir()) == [
         "k" * 64,

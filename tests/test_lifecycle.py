@@ -156,9 +156,8 @@ def test_timeout_zero_is_refused_on_the_command_line_as_in_the_sweep_file(tmp_pa
 
 
 def test_a_run_whose_every_trial_fails_exits_2_with_the_first_error(tmp_path: Path) -> None:
-    write_sweep(
-        tmp_path, fault_sweep("all-fail", n_trials=3, workers=1, fail_trials=[0, 1, 2])
-    )  # max_failures 100
+    # max_failures 100
+    write_sweep(tmp_path, fault_sweep("all-fail", n_trials=3, workers=1, fail_trials=[0, 1, 2]))
 
     result = run_cli(["run", "sweep.yaml"], cwd=tmp_path)
 

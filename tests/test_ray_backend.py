@@ -22,7 +22,9 @@ def start_cluster() -> object:
     from ray.cluster_utils import Cluster
 
     # Ray's worker processes inherit the raylets' environment: the tests' own trainer must import.
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(TESTS_DIR), str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]
+    )
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "num_gpus": 0})
     for _ in range(2):
         cluster.add_node(num_cpus=2, num_gpus=2)
@@ -39,7 +41,12 @@ def cluster() -> Iterator[object]:
 
 def ray_sweep(name: str, address: str | None, n_trials: int, **trainer: object) -> dict:
     sweep = fault_sweep(name, n_trials=n_trials, workers=1, **trainer)
-    sweep["execution"] = {"backend": "ray", "ray_address": address, "gpus_per_trial": 0.5, "max_concurrent_trials": 8}
+    sweep["execution"] = {
+        "backend": "ray",
+        "ray_address": address,
+        "gpus_per_trial": 0.5,
+        "max_concurrent_trials": 8,
+    }
     return sweep
 
 
@@ -54,8 +61,18 @@ def device_of(trial: optuna.trial.FrozenTrial) -> tuple[str, str]:
 
 def test_eight_trials_on_two_nodes_pack_two_per_gpu(tmp_path: Path, cluster: object) -> None:
     record, release = tmp_path / "where.jsonl", tmp_path / "release"
-    write_sweep(tmp_path, ray_sweep("packed", cluster.address, n_trials=8, epochs=2, sleep_seconds=0.5,
-                                    record_file=str(record), release_file=str(release)))
+    write_sweep(
+        tmp_path,
+        ray_sweep(
+            "packed",
+            cluster.address,
+            n_trials=8,
+            epochs=2,
+            sleep_seconds=0.5,
+            record_file=str(record),
+            release_file=str(release),
+        ),
+    )
     driver = start_cli(["run", "sweep.yaml"], cwd=tmp_path)
     try:
         # Trials wait before their first epoch until the cluster is full (2 nodes x 2 CPUs, one CPU a
@@ -92,8 +109,10 @@ def test_kill_the_ray_driver_then_resume_to_the_exact_budget(tmp_path: Path, clu
     # Every trial waits after its first epoch until released: the driver dies with trial 1 (at least)
     # past epoch 1 and no trial finished, however slowly the machine runs.
     release = str(tmp_path / "release")
-    write_sweep(tmp_path, ray_sweep("driver-killed", cluster.address, n_trials=4, release_file=release,
-                                    pause_before_epoch=2))
+    write_sweep(
+        tmp_path,
+        ray_sweep("driver-killed", cluster.address, n_trials=4, release_file=release, pause_before_epoch=2),
+    )
     driver = start_cli(["run", "sweep.yaml"], cwd=tmp_path)
     wait_for_epoch(storage_of(tmp_path), "driver-killed", trial_number=1, epoch=1, process=driver)
     logs = tmp_path / "ftsweep-runs" / "driver-killed" / "logs"
@@ -140,13 +159,22 @@ def test_same_seed_same_trials_on_both_backends(tmp_path: Path, cluster: object)
 def test_a_study_begun_locally_continues_on_ray_and_back(tmp_path: Path, cluster: object) -> None:
     write_sweep(tmp_path, fault_sweep("hopping", n_trials=2, workers=1, epochs=1))
     assert run_cli(["run", "sweep.yaml"], cwd=tmp_path).returncode == 0
-    on_ray = run_cli(["resume", "hopping", "--n-trials", "4", "--backend", "ray", "--ray-address", cluster.address], cwd=tmp_path)
+    on_ray = run_cli(
+        ["resume", "hopping", "--n-trials", "4", "--backend", "ray", "--ray-address", cluster.address],
+        cwd=tmp_path,
+    )
     assert on_ray.returncode == 0, on_ray.stderr
     back = run_cli(["resume", "hopping", "--n-trials", "5", "--backend", "local"], cwd=tmp_path)
     assert back.returncode == 0, back.stderr
     study = optuna.load_study(study_name="hopping", storage=storage_of(tmp_path))
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 5
-    assert [t.user_attrs["device"].startswith("node ") for t in study.trials] == [False, False, True, True, False]
+    assert [t.user_attrs["device"].startswith("node ") for t in study.trials] == [
+        False,
+        False,
+        True,
+        True,
+        False,
+    ]
 
 
 def test_a_dead_node_reruns_its_trial_from_the_checkpoint_on_the_other_node(tmp_path: Path) -> None:
@@ -155,8 +183,12 @@ def test_a_dead_node_reruns_its_trial_from_the_checkpoint_on_the_other_node(tmp_
         # The trial waits after its first epoch until released, so the node dies while it is past epoch 1
         # and not finished, however slowly the machine runs; its re-run resumes and is not held.
         release = tmp_path / "release"
-        write_sweep(tmp_path, ray_sweep("node-lost", cluster.address, n_trials=1, release_file=str(release),
-                                        pause_before_epoch=2))
+        write_sweep(
+            tmp_path,
+            ray_sweep(
+                "node-lost", cluster.address, n_trials=1, release_file=str(release), pause_before_epoch=2
+            ),
+        )
         driver = start_cli(["run", "sweep.yaml"], cwd=tmp_path)
         wait_for_epoch(storage_of(tmp_path), "node-lost", trial_number=0, epoch=1, process=driver)
         logs = tmp_path / "ftsweep-runs" / "node-lost" / "logs"

@@ -43,7 +43,9 @@ def test_orphans_by_owner_and_by_heartbeat(tmp_path: Path) -> None:
     engine = sqlalchemy.create_engine(url)
     with engine.begin() as connection:  # this owner's last heartbeat was ten minutes ago
         connection.execute(
-            sqlalchemy.text("UPDATE trial_heartbeats SET heartbeat = datetime('now', '-600 seconds') WHERE trial_id = :id"),
+            sqlalchemy.text(
+                "UPDATE trial_heartbeats SET heartbeat = datetime('now', '-600 seconds') WHERE trial_id = :id"
+            ),
             {"id": trial_id(elsewhere_stale)},
         )
     orphans = {trial.number for trial in find_orphans(study)}

@@ -27,15 +27,20 @@ def start_cli(args: list[str], cwd: Path, stderr_file: Path | None = None) -> su
     try:
         return subprocess.Popen(
             [sys.executable, "-m", "orchestrator.cli", *args],
-            cwd=cwd, env=cli_env(), stdout=subprocess.PIPE, stderr=stderr, text=True,
+            cwd=cwd,
+            env=cli_env(),
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
         )
     finally:
         if stderr_file:
             stderr.close()  # the child has its own copy
 
 
-def wait_until(condition: Callable[[], object], what: str, processes: list[subprocess.Popen],
-               timeout: float = 300) -> None:
+def wait_until(
+    condition: Callable[[], object], what: str, processes: list[subprocess.Popen], timeout: float = 300
+) -> None:
     """Poll ``condition`` until it holds; fail at once if one of ``processes`` ends first."""
     deadline = time.monotonic() + timeout
     while not condition():
@@ -103,16 +108,29 @@ def held_sweep(
     So a test acts on trial 1 at a known point (after epoch 1, before epoch 2) however slowly
     the machine runs; its re-run has another number and does not wait.
     """
-    sweep = fault_sweep(name, n_trials=n_trials, workers=workers, release_file=str(folder / "release"),
-                        pause_trials=[1], pause_before_epoch=2)
+    sweep = fault_sweep(
+        name,
+        n_trials=n_trials,
+        workers=workers,
+        release_file=str(folder / "release"),
+        pause_trials=[1],
+        pause_before_epoch=2,
+    )
     if storage:
         sweep["study"]["storage"] = storage
     return sweep
 
 
-def assert_resumed_exactly(tmp_path: Path, storage: str, name: str, interrupted: int, n_trials: int = 3) -> None:
+def assert_resumed_exactly(
+    tmp_path: Path, storage: str, name: str, interrupted: int, n_trials: int = 3
+) -> None:
     study = optuna.load_study(study_name=name, storage=storage)
-    counted = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED") or (t.state.name == "FAIL" and not t.user_attrs.get("interrupted"))]
+    counted = [
+        t
+        for t in study.trials
+        if t.state.name in ("COMPLETE", "PRUNED")
+        or (t.state.name == "FAIL" and not t.user_attrs.get("interrupted"))
+    ]
     assert len(counted) == n_trials
     assert all(t.state.name == "COMPLETE" for t in counted)
     assert not [t for t in study.trials if t.state.name in ("RUNNING", "WAITING")]
@@ -227,7 +245,14 @@ def test_resume_refuses_a_changed_search_space_unless_forced(tmp_path: Path) -> 
     refused = run_cli(["resume", "changed", "--sweep", "changed.yaml"], cwd=tmp_path)
     assert refused.returncode == 2
     assert "search_space.x.high: 3.0 -> 10.0" in refused.stderr and "--force" in refused.stderr
-    assert len(optuna.load_study(study_name="changed", storage="sqlite:///" + str(tmp_path / "ftsweep.db")).trials) == 1
+    assert (
+        len(
+            optuna.load_study(
+                study_name="changed", storage="sqlite:///" + str(tmp_path / "ftsweep.db")
+            ).trials
+        )
+        == 1
+    )
 
     forced = run_cli(["resume", "changed", "--sweep", "changed.yaml", "--force"], cwd=tmp_path)
     assert forced.returncode == 0, forced.stderr
@@ -285,8 +310,10 @@ def test_workers_on_several_processes_share_one_budget_on_postgresql(tmp_path: P
     processes = [driver]
     try:
         wait_until(lambda: owners(), "the driver to start its first trial", processes)
-        processes += [start_cli(["worker", name, "--storage", POSTGRES_URL, "--workers", "2"], cwd=tmp_path)
-                      for _ in range(3)]
+        processes += [
+            start_cli(["worker", name, "--storage", POSTGRES_URL, "--workers", "2"], cwd=tmp_path)
+            for _ in range(3)
+        ]
         wait_until(lambda: len(owners()) == 4, "the driver and each worker to hold a trial", processes)
         release.touch()
         for process in processes:

@@ -15,22 +15,34 @@ from orchestrator.status import RICH_ROWS, read_status, render_plain, render_sta
 
 def build_study(url: str, n: int) -> optuna.Study:
     study = optuna.create_study(study_name="s", storage=url, direction="maximize")
-    study.set_user_attr("ftsweep:sweep", {"sweep": {"study": {"metric": "val_f1", "n_trials": n + 5}}, "base_dir": "/"})
+    study.set_user_attr(
+        "ftsweep:sweep", {"sweep": {"study": {"metric": "val_f1", "n_trials": n + 5}}, "base_dir": "/"}
+    )
     distributions = {
         "lr": FloatDistribution(1e-5, 1.0, log=True),
         "depth": IntDistribution(0, 6),
         "reg": CategoricalDistribution(["none", "l1", "l2sp"]),
     }
     for number in range(n):
-        state = [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL][number % 3]
+        state = [
+            optuna.trial.TrialState.COMPLETE,
+            optuna.trial.TrialState.PRUNED,
+            optuna.trial.TrialState.FAIL,
+        ][number % 3]
         study.add_trial(
             optuna.trial.create_trial(
-                params={"lr": 1e-4 * (1 + number % 50), "depth": number % 7, "reg": ["none", "l1", "l2sp"][number % 3]},
+                params={
+                    "lr": 1e-4 * (1 + number % 50),
+                    "depth": number % 7,
+                    "reg": ["none", "l1", "l2sp"][number % 3],
+                },
                 distributions=distributions,
                 value=number / 100 if state != optuna.trial.TrialState.FAIL else None,
                 state=state,
                 intermediate_values={1: 0.1, 2: 0.2},
-                user_attrs={"reason": "diverged"} if state == optuna.trial.TrialState.PRUNED else {"epochs": 2},
+                user_attrs={"reason": "diverged"}
+                if state == optuna.trial.TrialState.PRUNED
+                else {"epochs": 2},
             )
         )
     return study
@@ -49,7 +61,9 @@ def test_the_table_agrees_with_optunas_api(tmp_path: Path) -> None:
         assert row["value"] == trial.value
         assert row["epochs"] == 2
         assert row["reason"] == trial.user_attrs.get("reason", "")
-    assert "30 trials: 10 complete, 10 pruned, 10 fail; budget 35; best val_f1" in str(render_status(data).caption)
+    assert "30 trials: 10 complete, 10 pruned, 10 fail; budget 35; best val_f1" in str(
+        render_status(data).caption
+    )
 
 
 def test_last_and_the_default_window(tmp_path: Path) -> None:

@@ -50,8 +50,20 @@ def test_the_optuna_cli_reads_the_same_study(tmp_path: Path) -> None:
     assert run_cli(["run", "sweep.yaml"], cwd=tmp_path).returncode == 0
     optuna_cli = Path(sys.executable).with_name("optuna")
     output = subprocess.run(
-        [str(optuna_cli), "trials", "--study-name", "shared", "--storage", "sqlite:///ftsweep.db", "-f", "json"],
-        cwd=tmp_path, capture_output=True, text=True, check=True,
+        [
+            str(optuna_cli),
+            "trials",
+            "--study-name",
+            "shared",
+            "--storage",
+            "sqlite:///ftsweep.db",
+            "-f",
+            "json",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     trials = json.loads(output)
     assert [t["state"] for t in trials] == ["COMPLETE", "COMPLETE"]
@@ -143,11 +155,16 @@ def test_same_seed_same_trials_with_one_worker(tmp_path: Path) -> None:
 
 
 def test_a_trial_that_reaches_its_last_epoch_is_never_pruned(tmp_path: Path) -> None:
-    """Pruning after the last epoch would throw away a finished trial's result; the pruner stops earlier ones."""
+    """Pruning after the last epoch would throw away a finished trial's result; the pruner stops earlier
+    ones."""
     sweep = fault_sweep("last-epoch", n_trials=16, workers=1, epochs=2)
     sweep["study"]["sampler"] = {"name": "random", "seed": 3}
     sweep["study"]["pruner"] = {"name": "median", "n_startup_trials": 2}
-    sweep["search_space"]["slope"] = {"type": "float", "low": -2.0, "high": 2.0}  # some trials get worse at epoch 2
+    sweep["search_space"]["slope"] = {
+        "type": "float",
+        "low": -2.0,
+        "high": 2.0,
+    }  # some trials get worse at epoch 2
     sweep["tracking"] = {"enabled": False}
     write_sweep(tmp_path, sweep)
     result = run_cli(["run", "sweep.yaml"], cwd=tmp_path)

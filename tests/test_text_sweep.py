@@ -9,7 +9,15 @@ import optuna
 import pytest
 from conftest import make_rows, mlflow_runs, run_cli, write_csv, write_sweep
 
-METRICS = {"train_loss", "train_accuracy", "train_f1", "val_loss", "val_accuracy", "val_f1", "generalization_gap"}
+METRICS = {
+    "train_loss",
+    "train_accuracy",
+    "train_f1",
+    "val_loss",
+    "val_accuracy",
+    "val_f1",
+    "generalization_gap",
+}
 
 
 def text_sweep(name: str, tiny_model: Path, data: dict[str, Path], **study: object) -> dict:
@@ -29,7 +37,9 @@ def text_sweep(name: str, tiny_model: Path, data: dict[str, Path], **study: obje
 
 
 @pytest.mark.slow
-def test_four_trials_two_workers_with_the_tiny_model(tmp_path: Path, tiny_model: Path, toy_data: dict[str, Path]) -> None:
+def test_four_trials_two_workers_with_the_tiny_model(
+    tmp_path: Path, tiny_model: Path, toy_data: dict[str, Path]
+) -> None:
     write_sweep(tmp_path, text_sweep("tiny", tiny_model, toy_data))
     result = run_cli(["run", "sweep.yaml"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -56,9 +66,20 @@ def test_four_trials_two_workers_with_the_tiny_model(tmp_path: Path, tiny_model:
     best = run_cli(["best", "tiny", "--format", "json"], cwd=tmp_path)
     assert best.returncode == 0 and '"metric": "val_f1"' in best.stdout
     optuna_cli = subprocess.run(
-        [str(Path(__import__("sys").executable).with_name("optuna")), "trials", "--study-name", "tiny",
-         "--storage", "sqlite:///ftsweep.db", "-f", "json"],
-        cwd=tmp_path, capture_output=True, text=True, check=True,
+        [
+            str(Path(__import__("sys").executable).with_name("optuna")),
+            "trials",
+            "--study-name",
+            "tiny",
+            "--storage",
+            "sqlite:///ftsweep.db",
+            "-f",
+            "json",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert optuna_cli.stdout.count('"number"') == 4
 
@@ -71,7 +92,9 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-def test_a_data_file_without_the_text_column(tmp_path: Path, tiny_model: Path, toy_data: dict[str, Path]) -> None:
+def test_a_data_file_without_the_text_column(
+    tmp_path: Path, tiny_model: Path, toy_data: dict[str, Path]
+) -> None:
     write_csv(toy_data["train"], [{"message": r["text"], "label": r["label"]} for r in make_rows(20)])
     write_sweep(tmp_path, text_sweep("nocolumn", tiny_model, toy_data))
     line = one_line_error(run_cli(["run", "sweep.yaml"], cwd=tmp_path))
@@ -100,7 +123,9 @@ def test_a_missing_model_folder(tmp_path: Path, tiny_model: Path, toy_data: dict
     assert "trainer.model" in line and "does-not-exist" in line
 
 
-def test_a_missing_data_file_records_nothing(tmp_path: Path, tiny_model: Path, toy_data: dict[str, Path]) -> None:
+def test_a_missing_data_file_records_nothing(
+    tmp_path: Path, tiny_model: Path, toy_data: dict[str, Path]
+) -> None:
     toy_data["test"].unlink()
     write_sweep(tmp_path, text_sweep("nodata", tiny_model, toy_data))
     line = one_line_error(run_cli(["run", "sweep.yaml"], cwd=tmp_path))

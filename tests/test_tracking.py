@@ -58,7 +58,11 @@ def test_the_writer_merges_a_quick_trial_into_three_calls(tmp_path):
     assert child.info.run_id == run_id and child.info.status == "FINISHED"
     assert child.data.params == {"lr": "0.1", "dropout": "0.2"}
     assert child.data.tags["ftsweep.state"] == "COMPLETE"
-    assert [(m.step, round(m.value, 6)) for m in mlflow.get_metric_history(run_id, "val_f1")] == [(1, 0.6), (2, 0.7), (3, 0.8)]
+    assert [(m.step, round(m.value, 6)) for m in mlflow.get_metric_history(run_id, "val_f1")] == [
+        (1, 0.6),
+        (2, 0.7),
+        (3, 0.8),
+    ]
     assert child.data.metrics["final_objective"] == 0.8
 
 
@@ -81,7 +85,8 @@ def test_a_long_trials_epochs_show_up_before_it_ends(tmp_path):
     run = tracker.start_trial(0, {"lr": 0.1}, "cpu")
     tracker.log_epoch(run, 1, {"val_f1": 0.5})
     parents, children, client = mlflow_runs(tracker.tracking_uri, "tracked")
-    deadline = time.monotonic() + 240  # the writer process starts (imports MLflow) first: slow on a loaded machine
+    # the writer process starts (imports MLflow) first: slow on a loaded machine
+    deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         data = client.get_run(run.result()).data
         if "val_f1" in data.metrics:
