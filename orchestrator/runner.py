@@ -114,9 +114,10 @@ def run_sweep(
     Raises:
         UserError: for any mistake in the sweep, the data, the model or the storage, before any trial runs.
     """
+    sweep = with_command_line_budget(sweep, n_trials, workers)
     plan = plan_sweep(sweep)
     slots = worker_slots(sweep, workers)
-    budget = effective_budget(plan, n_trials or sweep.study.n_trials)
+    budget = effective_budget(plan, sweep.study.n_trials)
     sampler = make_sampler(sweep, plan.space, concurrency(sweep, slots))
     pruner = make_pruner(sweep, plan.max_epochs)
     location = sweep.store
@@ -134,6 +135,24 @@ def run_sweep(
         return _run_session(
             plan, study, tracker, slots, budget, timeout or sweep.study.timeout, live, location=location
         )
+
+
+def with_command_line_budget(sweep: Sweep, n_trials: int | None, workers: int | str | None) -> Sweep:
+    """The sweep with ``run --n-trials`` / ``--workers`` written into it, so the study stores what was asked.
+
+    ``status`` shows that budget and ``resume`` continues to it on that many workers, not the sweep
+    file's values the command line replaced.
+    """
+    overrides = []
+    if n_trials is not None:
+        overrides.append(f"study.n_trials={int(n_trials)}")
+    if workers is not None:
+        overrides.append(f"execution.workers={workers}")
+    if not overrides:
+        return sweep
+    from orchestrator.config import apply_overrides, validate_sweep
+
+    return validate_sweep(apply_overrides(sweep.raw, overrides), sweep.base_dir, sweep.source)
 
 
 def _one_driver(sweep: Sweep, location: StoreLocation) -> contextlib.AbstractContextManager[None]:
@@ -373,6 +392,9 @@ def _resume_study(
         stored = study.user_attrs[SWEEP_ATTR]
         stored["sweep"].setdefault("study", {})["n_trials"] = n_trials
         study.set_user_attr(SWEEP_ATTR, stored)
+    if not as_worker:
+        source = "--n-trials" if n_trials else "the budget stored with the study"
+        print(f"resuming study {study_name!r} to {budget} trials ({source})", file=sys.stderr)
     tracker = _open_tracker(sweep, tracking)
     if tracker is not None and move is not None:
         tracker.move_artifacts(*move)
