@@ -181,7 +181,7 @@ def _open_tracker(sweep: Sweep, tracking: TrackingLocation | None) -> StudyTrack
         return None
     from orchestrator.tracking import StudyTracker
 
-    tracker = StudyTracker(tracking, sweep.experiment_name, sweep.study.name)
+    tracker = StudyTracker(tracking, sweep.experiment_name, sweep.study.name, metric=sweep.study.metric)
     tracker.open()
     return tracker
 

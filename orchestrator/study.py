@@ -215,6 +215,8 @@ def create_study(
     study = optuna.create_study(
         study_name=name, storage=storage, direction=sweep.study.direction, sampler=sampler, pruner=pruner
     )
+    # optuna-dashboard and the optuna CLI then say the metric's name, not "Objective 0".
+    study.set_metric_names([sweep.study.metric])
     study.set_user_attr(SWEEP_ATTR, sweep_for_store(sweep).to_stored())
     study.set_user_attr(VERSION_ATTR, _version())
     return study

@@ -214,8 +214,11 @@ class StudyTracker:
         experiment: str,
         study_name: str,
         flush_seconds: float | None = None,
+        metric: str | None = None,
     ) -> None:
         self.location = _location(tracking)
+        #: The study's metric: a complete trial's value is logged as ``best_<metric>`` (:meth:`end_trial`).
+        self.metric = metric
         #: May carry a password: never shown (``location.display`` is).
         self.tracking_uri = self.location.uri
         self.experiment = experiment
@@ -459,8 +462,15 @@ class StudyTracker:
         traceback_text: str | None = None,
         artifacts: Mapping[str, Path] | None = None,
     ) -> None:
-        """Close the child run with the trial's final state (COMPLETE, PRUNED, FAIL, INTERRUPTED)."""
+        """Close the child run with the trial's final state (COMPLETE, PRUNED, FAIL, INTERRUPTED).
+
+        A complete trial's value (the study metric at its best epoch) is logged as ``best_<metric>``
+        (e.g. ``best_val_f1``), beside the per-epoch ``<metric>`` curve, whose latest value is the
+        last epoch's; ``final_<name>`` are the metrics the trainer returned at the end.
+        """
         paths = {name: str(path) for name, path in (artifacts or {}).items()}
+        if state == "COMPLETE" and value is not None and self.metric:
+            self._send(LogMetrics(run.key, {f"best_{self.metric}": float(value)}, None, _now_ms()))
         self._send(
             EndRun(run.key, state, value, reason, dict(summary or {}), traceback_text, paths, _now_ms())
         )
