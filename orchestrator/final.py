@@ -16,11 +16,12 @@ a finished final prints its stored result unless ``--force``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -130,6 +131,27 @@ def run_final(options: FinalOptions, say: Callable[[str], None] = print) -> Fina
         "params": params,
         "model_dir": str(export),
     }
+    with _final_lock(work, options.study_name):
+        return _final(
+            options, sweep, trainer, trainer_cls, trial, location, work, export, fits, request, splits, say
+        )
+
+
+def _final(
+    options: FinalOptions,
+    sweep: Sweep,
+    trainer: BaseTrainer,
+    trainer_cls: type[BaseTrainer],
+    trial: optuna.trial.FrozenTrial,
+    location: StoreLocation,
+    work: Path,
+    export: Path,
+    fits: list[_Fit],
+    request: dict[str, Any],
+    splits: dict[str, Path | None],
+    say: Callable[[str], None],
+) -> FinalOutcome:
+    epochs = request["epochs"]
     existing = _existing(work, request, options)
     if existing is not None:
         if options.register and (existing.get("mlflow") or {}).get("registered") is None:
@@ -164,7 +186,33 @@ def run_final(options: FinalOptions, say: Callable[[str], None] = print) -> Fina
         report["mlflow"] = track_final(sweep, work, report, export, options.register, say)
         _write_json(export / RESULT_FILE, report)
     _write_json(work / RESULT_FILE, report)  # last: its presence says the final is complete
+    for fit in fits:  # the other fits' models are not needed any more (their predictions stay)
+        if fit.label != f"tuned-seed{report['exported_seed']}":
+            shutil.rmtree(work / "fits" / fit.label / "model", ignore_errors=True)
     return FinalOutcome(report, reused=False)
+
+
+@contextlib.contextmanager
+def _final_lock(work: Path, study_name: str) -> Iterator[None]:
+    """One ``final`` of a study at a time: an ``flock`` that dies with its process (SIGKILL included)."""
+    import fcntl
+    import socket
+
+    work.mkdir(parents=True, exist_ok=True)
+    fd = os.open(work / "final.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "another process"
+            raise UserError(
+                f"a `ftsweep final` of study {study_name!r} is running ({holder}); wait for it to finish"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"host {socket.gethostname()}, pid {os.getpid()}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 # -- choosing ---------------------------------------------------------------------------------------

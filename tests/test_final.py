@@ -234,6 +234,14 @@ def test_the_model_card_and_final_json_carry_hyperparameters_and_test_metrics(fi
     assert runs[0].data.metrics["test_macro_f1"] == pytest.approx(test["macro_f1"])
     assert "baseline_difference_macro_f1_ci_low" in runs[0].data.metrics
     assert runs[0].data.params["learning_rate"] == str(report["params"]["learning_rate"])
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
+    artifacts = {artifact.path for artifact in client.list_artifacts(runs[0].info.run_id)}
+    assert {"confusion_matrix.png", "README.md", "final.json"} <= artifacts
+    # Only the exported seed's model is kept among the fits (the others' predictions stay).
+    kept = sorted(path.parent.name for path in (finished["work"] / "fits").glob("*/model"))
+    assert kept == [f"tuned-seed{report['exported_seed']}"]
 
 
 def test_the_export_predicts_the_same_labels_everywhere(finished: dict) -> None:
