@@ -55,8 +55,11 @@ def _duration(text: str) -> float:
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
     if seconds <= 0:
-        # As study.timeout in the sweep file: 0 is refused, not read as "no timeout" (leave the flag out for that).
-        raise argparse.ArgumentTypeError(f"must be more than 0 (got {text!r}); leave --timeout out for no time limit")
+        # As study.timeout in the sweep file: 0 is refused, not read as "no timeout"
+        # (leave the flag out for that).
+        raise argparse.ArgumentTypeError(
+            f"must be more than 0 (got {text!r}); leave --timeout out for no time limit"
+        )
     return seconds
 
 
@@ -68,8 +71,12 @@ def _add_storage(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_backend(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", choices=("local", "ray"), help="where trials run (overrides execution.backend)")
-    parser.add_argument("--ray-address", help="an existing Ray cluster, e.g. auto (overrides execution.ray_address)")
+    parser.add_argument(
+        "--backend", choices=("local", "ray"), help="where trials run (overrides execution.backend)"
+    )
+    parser.add_argument(
+        "--ray-address", help="an existing Ray cluster, e.g. auto (overrides execution.ray_address)"
+    )
 
 
 def _backend_overrides(args: argparse.Namespace) -> list[str]:
@@ -94,11 +101,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = verbs.add_parser("run", help="create a study from a sweep file and run it")
     run.add_argument("sweep_file", help="the sweep file (YAML)")
-    run.add_argument("--n-trials", type=_positive_int, help="finished trials to run (overrides study.n_trials)")
-    run.add_argument("--workers", type=_workers, help="trials at once: a number or auto (overrides execution.workers)")
+    run.add_argument(
+        "--n-trials", type=_positive_int, help="finished trials to run (overrides study.n_trials)"
+    )
+    run.add_argument(
+        "--workers", type=_workers, help="trials at once: a number or auto (overrides execution.workers)"
+    )
     run.add_argument("--timeout", type=_duration, help="stop starting trials after this long: 90s, 30m, 2h")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a key of the sweep file, e.g. --set trainer.epochs=2 (repeatable)")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of the sweep file, e.g. --set trainer.epochs=2 (repeatable)",
+    )
     run.add_argument("--storage", help="storage URL (overrides study.storage)")
     _add_backend(run)
     run.set_defaults(handler=cmd_run)
@@ -109,43 +126,74 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--n-trials", type=_positive_int, help="a new total budget of finished trials")
     resume.add_argument("--workers", type=_workers)
     resume.add_argument("--timeout", type=_duration)
-    resume.add_argument("--sweep", dest="sweep_file", help="continue with this sweep file instead of the stored one")
-    resume.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a key of the stored sweep file (repeatable)")
+    resume.add_argument(
+        "--sweep", dest="sweep_file", help="continue with this sweep file instead of the stored one"
+    )
+    resume.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of the stored sweep file (repeatable)",
+    )
     _add_backend(resume)
-    resume.add_argument("--force", action="store_true",
-                        help="accept a sweep file whose search space or trainer differ from the stored one")
+    resume.add_argument(
+        "--force",
+        action="store_true",
+        help="accept a sweep file whose search space or trainer differ from the stored one",
+    )
     resume.set_defaults(handler=cmd_resume)
 
     worker = verbs.add_parser("worker", help="join a running study from this machine (PostgreSQL storage)")
     worker.add_argument("study_name")
     _add_storage(worker)
-    worker.add_argument("--workers", type=_workers, help="trials at once on this machine (default: execution.workers)")
+    worker.add_argument(
+        "--workers", type=_workers, help="trials at once on this machine (default: execution.workers)"
+    )
     worker.set_defaults(handler=cmd_worker)
 
-    status = verbs.add_parser("status", help="the study's trials: number, state, params, value, epochs, duration")
+    status = verbs.add_parser(
+        "status", help="the study's trials: number, state, params, value, epochs, duration"
+    )
     status.add_argument("study_name")
     _add_storage(status)
-    status.add_argument("--last", type=_positive_int, help="show only the last N trials (default: the last 200)")
+    status.add_argument(
+        "--last", type=_positive_int, help="show only the last N trials (default: the last 200)"
+    )
     status.add_argument("--all", action="store_true", help="show every trial")
     status.add_argument(
         "--format",
         choices=("table", "plain", "json"),
         default="table",
-        help="table: a rich table, or plain text above 1,000 rows (far quicker to print); plain: aligned text; json",
+        help="table: a rich table, or plain text above 1,000 rows (far quicker to print); "
+        "plain: aligned text; json",
     )
     status.set_defaults(handler=cmd_status)
 
     best = verbs.add_parser("best", help="the best trial's parameters and value")
     best.add_argument("study_name")
     _add_storage(best)
-    best.add_argument("--format", choices=("table", "yaml", "json"), default="table")
+    best.add_argument(
+        "--format",
+        choices=("table", "yaml", "json"),
+        default="table",
+        help="yaml: a trainer.params mapping of the best parameters; json: the whole summary",
+    )
+    best.add_argument(
+        "--as-sweep", metavar="FILE", help="write a runnable sweep file with the best parameters fixed"
+    )
+    best.add_argument("--name", help="the study name in the --as-sweep file (default: NAME-best)")
     best.set_defaults(handler=cmd_best)
 
     _add_final_verbs(verbs)
 
     ui = verbs.add_parser("ui", help="start the MLflow UI on the sweep's tracking store")
-    ui.add_argument("study_name", nargs="?", help="read the tracking URI from this study (else $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    ui.add_argument(
+        "study_name",
+        nargs="?",
+        help="read the tracking URI from this study (else $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
+    )
     _add_storage(ui)
     ui.add_argument("--tracking-uri", help="the MLflow tracking URI to show")
     ui.add_argument("--host", default="127.0.0.1")
@@ -173,8 +221,14 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from orchestrator.runner import resume_study
 
     outcome = resume_study(
-        args.study_name, args.storage, n_trials=args.n_trials, workers=args.workers, timeout=args.timeout,
-        sweep_file=args.sweep_file, overrides=args.overrides + _backend_overrides(args), force=args.force,
+        args.study_name,
+        args.storage,
+        n_trials=args.n_trials,
+        workers=args.workers,
+        timeout=args.timeout,
+        sweep_file=args.sweep_file,
+        overrides=args.overrides + _backend_overrides(args),
+        force=args.force,
     )
     return _finish(outcome)
 
@@ -209,7 +263,10 @@ def _finish(outcome: object) -> int:
     )
     if result.best_trial is not None:
         print(f"best trial {result.best_trial}: {result.best_value:.6g}", file=stream)
-        print(f"see it with: ftsweep best {outcome.study_name}" + _storage_flag(outcome.storage_url), file=stream)
+        print(
+            f"see it with: ftsweep best {outcome.study_name}" + _storage_flag(outcome.storage_url),
+            file=stream,
+        )
     continue_hint = f"continue with: ftsweep resume {outcome.study_name}" + _storage_flag(outcome.storage_url)
     reason = result.stop_reason
     if reason in (StopReason.MAX_FAILURES, StopReason.DISK_FULL, StopReason.TRACKING_LOST):
@@ -218,7 +275,9 @@ def _finish(outcome: object) -> int:
         return EXIT_USER
     interrupted = reason is StopReason.SIGNAL and outcome.n_counted < outcome.n_trials
     if result.failed and result.failed == result.finished and not interrupted:
-        print(f"ftsweep: error: every trial of this run failed; first error: {result.first_error}", file=stream)
+        print(
+            f"ftsweep: error: every trial of this run failed; first error: {result.first_error}", file=stream
+        )
         return EXIT_USER
     if reason is not None and outcome.n_counted < outcome.n_trials:
         print(f"stopped: {result.stopped_by}", file=stream)
@@ -272,11 +331,36 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_best(args: argparse.Namespace) -> int:
-    from orchestrator.report import best_summary, format_best
+    from orchestrator.report import best_summary, best_trainer_params, format_best
 
-    summary = best_summary(_open(args))
+    study = _open(args)
+    summary = best_summary(study)
     assert summary is not None
-    print(format_best(summary, args.format))
+    if args.as_sweep:
+        return _write_best_sweep(study, args)
+    params = best_trainer_params(study) if args.format == "yaml" else None
+    print(format_best(summary, args.format, params))
+    return EXIT_OK
+
+
+def _write_best_sweep(study: object, args: argparse.Namespace) -> int:
+    """``best --as-sweep FILE``: the best trial as a sweep file ``ftsweep run`` takes as it is."""
+    import yaml
+
+    from orchestrator.report import best_as_sweep
+    from orchestrator.study import stored_sweep
+
+    raw, notes = best_as_sweep(study, args.name)  # type: ignore[arg-type]
+    target = Path(args.as_sweep)
+    if target.exists():
+        raise UserError(f"best --as-sweep: {target} exists; choose another file or remove it")
+    base_dir = stored_sweep(study).base_dir  # type: ignore[arg-type]
+    if target.resolve().parent != base_dir:
+        notes.append(f"relative paths in it (data, model) were written for {base_dir}")
+    target.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    for note in notes:
+        print(note, file=sys.stderr)
+    print(f"wrote {target}; run it with: ftsweep run {target}")
     return EXIT_OK
 
 
@@ -389,7 +473,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
     # (which `ps` shows every user of the machine).
     command = [mlflow, "ui", "--host", args.host, "--port", str(args.port)]
     environment = {**os.environ, "MLFLOW_BACKEND_STORE_URI": tracking.uri}
-    print(f"MLflow UI: http://{args.host}:{args.port}  (tracking store {tracking.display}; Ctrl-C stops it)", flush=True)
+    print(
+        f"MLflow UI: http://{args.host}:{args.port}  (tracking store {tracking.display}; Ctrl-C stops it)",
+        flush=True,
+    )
     # Become the MLflow UI: Ctrl-C and SIGTERM reach it (and its server) directly.
     os.execve(mlflow, command, environment)
     return EXIT_OK  # not reached
@@ -416,8 +503,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if is_disk_full(error):
             where = getattr(error, "filename", None) or "the study's folders"
-            print(f"ftsweep: error: no space left on device ({where}); free some space, then continue the study with "
-                  "`ftsweep resume NAME` (nothing finished is lost)", file=sys.stderr)
+            print(
+                f"ftsweep: error: no space left on device ({where}); free some space, then continue the "
+                "study with `ftsweep resume NAME` (nothing finished is lost)",
+                file=sys.stderr,
+            )
             return EXIT_USER
         path = _write_crash_log(argv)
         print(f"ftsweep: internal error: {_masked(repr(sys.exc_info()[1]))}", file=sys.stderr)
@@ -434,7 +524,9 @@ def _write_crash_log(argv: Sequence[str] | None) -> Path:
 
     # The folder is often world-readable (/tmp): no password goes in, from the command line or the traceback.
     command = " ".join(mask_argument(argument) for argument in (argv if argv is not None else sys.argv))
-    path.write_text(f"ftsweep {_version()}\ncommand: {command}\n\n{mask_text(traceback.format_exc())}", encoding="utf-8")
+    path.write_text(
+        f"ftsweep {_version()}\ncommand: {command}\n\n{mask_text(traceback.format_exc())}", encoding="utf-8"
+    )
     return path
 
 

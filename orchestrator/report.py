@@ -7,7 +7,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import StudyNotFound
-from orchestrator.study import EPOCHS_ATTR, RUN_ID_ATTR, stored_sweep
+from orchestrator.study import EPOCHS_ATTR, RUN_ID_ATTR, SWEEP_ATTR, stored_sweep
 
 if TYPE_CHECKING:
     import optuna
@@ -73,14 +73,75 @@ def _fixed_params(study: optuna.Study) -> dict[str, Any]:
     return {**fixed, **sweep.trainer.params}
 
 
-def format_best(summary: dict[str, Any], fmt: str) -> str:
-    """``yaml`` and ``json`` are for files (``> best.yaml``); ``table`` for reading."""
+def best_trainer_params(study: optuna.Study) -> dict[str, Any]:
+    """The best trial's ``trainer.params``: the sweep file's fixed ``trainer.params`` and the sampled ones.
+
+    Trainer settings (``trainer.epochs``, ``trainer.model``, ...) stay in their own keys and are left out.
+
+    Raises:
+        StudyNotFound: when no trial has completed yet.
+    """
+    summary = best_summary(study)
+    assert summary is not None
+    stored = study.user_attrs[SWEEP_ATTR]["sweep"]
+    fixed = dict((stored.get("trainer") or {}).get("params") or {})
+    return {**fixed, **{key: summary["params"][key] for key in summary["sampled"]}}
+
+
+def best_as_sweep(study: optuna.Study, new_name: str | None = None) -> tuple[dict[str, Any], list[str]]:
+    """A runnable sweep file of the best trial: its parameters fixed, one trial, a new study name.
+
+    Returns:
+        (the sweep mapping, notes for the user: what was changed or left out).
+
+    Raises:
+        StudyNotFound: when no trial has completed yet.
+    """
+    import copy
+
+    params = best_trainer_params(study)
+    raw = copy.deepcopy(study.user_attrs[SWEEP_ATTR]["sweep"])
+    summary = best_summary(study)
+    assert summary is not None
+    name = new_name or f"{study.study_name}-best"
+    section = dict(raw.get("study") or {})
+    section.update(name=name, n_trials=1)
+    section.pop("timeout", None)
+    notes = [f"study {name!r}: trial {summary['trial']} of {study.study_name!r} with its parameters fixed"]
+    # A masked URL is not a store anyone can open: the default (or $FTSWEEP_STORAGE) is used instead.
+    if "***" in str(section.get("storage", "")):
+        section.pop("storage")
+        notes.append("study.storage left out (its password is not stored); give --storage or FTSWEEP_STORAGE")
+    raw["study"] = section
+    tracking = dict(raw.get("tracking") or {})
+    if "***" in str(tracking.get("mlflow_uri", "")):
+        tracking.pop("mlflow_uri")
+        notes.append("tracking.mlflow_uri left out (its password is not stored); set MLFLOW_TRACKING_URI")
+        raw["tracking"] = tracking
+    raw["trainer"] = {**(raw.get("trainer") or {}), "params": params}
+    return raw, notes
+
+
+def format_best(summary: dict[str, Any], fmt: str, trainer_params: dict[str, Any] | None = None) -> str:
+    """``yaml`` and ``json`` are for files (``> best.yaml``); ``table`` for reading.
+
+    ``yaml`` is a valid ``trainer.params`` mapping (``trainer_params``, else the summary's parameters),
+    with the study, trial and value as comments; ``json`` is the whole summary.
+    """
     if fmt == "json":
         return json.dumps(summary, indent=2, default=str)
     if fmt == "yaml":
         import yaml
 
-        return yaml.safe_dump(summary, sort_keys=False)
+        header = [
+            f"# study {summary['study']}: best trial {summary['trial']}, {summary['metric']} = "
+            f"{summary['value']:.6g} ({summary['direction']})",
+            "# a trainer.params mapping: paste it under `trainer: params:` of a sweep file",
+        ]
+        if summary.get("mlflow_run_id"):
+            header.insert(1, f"# MLflow run: {summary['mlflow_run_id']}")
+        params = trainer_params if trainer_params is not None else summary["params"]
+        return "\n".join(header) + "\n" + yaml.safe_dump(params, sort_keys=False).rstrip("\n")
     lines = [
         f"study {summary['study']}: best trial {summary['trial']}, {summary['metric']} = "
         f"{summary['value']:.6g} ({summary['direction']})",

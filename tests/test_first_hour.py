@@ -46,3 +46,34 @@ def test_the_metric_is_named_in_the_study_and_the_trials_value_in_its_mlflow_run
     # The per-epoch curve ends at the last epoch; the trial's value (its best epoch) has its own name.
     assert run.data.metrics["score"] == 0.5
     assert run.data.metrics["best_score"] == 0.9
+
+
+def test_the_best_trial_as_a_sweep_file_runs_and_its_yaml_is_a_trainer_params_mapping(tmp_path: Path) -> None:
+    import optuna
+    import yaml
+    from fault_trainer import FaultParams
+
+    write_sweep(tmp_path, fault_sweep("searched", n_trials=3, workers=1))
+    assert run_cli(["run", "sweep.yaml"], cwd=tmp_path).returncode == 0
+    storage = f"sqlite:///{tmp_path / 'ftsweep.db'}"
+    best = optuna.load_study(study_name="searched", storage=storage).best_trial
+
+    shown = run_cli(["best", "searched", "--format", "yaml"], cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    params = yaml.safe_load(shown.stdout)
+    assert params == {"x": best.params["x"]}
+    FaultParams.model_validate(params)  # a valid trainer.params mapping for the trainer
+
+    written = run_cli(["best", "searched", "--as-sweep", "best.yaml"], cwd=tmp_path)
+    assert written.returncode == 0, written.stderr
+    assert "ftsweep run best.yaml" in written.stdout
+    again = run_cli(["run", "best.yaml"], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    (trial,) = optuna.load_study(study_name="searched-best", storage=storage).trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert trial.value == best.value
+    # The parameter is fixed, not sampled again: it is the sweep's, and the study searched nothing.
+    written_sweep = yaml.safe_load((tmp_path / "best.yaml").read_text())
+    assert trial.params == {} and written_sweep["trainer"]["params"] == {"x": best.params["x"]}
+    refused = run_cli(["best", "searched", "--as-sweep", "best.yaml"], cwd=tmp_path)
+    assert refused.returncode == 2 and "exists" in refused.stderr

@@ -124,11 +124,11 @@ def test_status_and_best_need_only_the_study_name(tmp_path: Path) -> None:
     assert status.returncode == 0, status.stderr
     assert "3 trials: 3 complete" in status.stdout
 
-    best = run_cli(["best", "named", "--format", "yaml"], cwd=elsewhere, FTSWEEP_STORAGE=storage)
+    best = run_cli(["best", "named", "--format", "json"], cwd=elsewhere, FTSWEEP_STORAGE=storage)
     assert best.returncode == 0, best.stderr
-    import yaml
+    import json
 
-    summary = yaml.safe_load(best.stdout)
+    summary = json.loads(best.stdout)
     study = load(tmp_path, "named")
     assert summary["trial"] == study.best_trial.number
     assert summary["value"] == pytest.approx(study.best_value)
