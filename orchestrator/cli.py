@@ -458,12 +458,16 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
     from orchestrator.storage import TrackingLocation
 
+    experiment = None
+    if args.study_name:
+        from orchestrator.study import stored_sweep
+
+        sweep = stored_sweep(_open(args), _location(args))
+        experiment = sweep.experiment_name
     if args.tracking_uri is not None:
         tracking = TrackingLocation.resolve(args.tracking_uri, key="--tracking-uri")
     elif args.study_name:
-        from orchestrator.study import stored_sweep
-
-        tracking = stored_sweep(_open(args), _location(args)).tracking_location
+        tracking = sweep.tracking_location
     else:
         tracking = TrackingLocation.resolve(None)
     mlflow = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
@@ -473,13 +477,17 @@ def cmd_ui(args: argparse.Namespace) -> int:
     # (which `ps` shows every user of the machine).
     command = [mlflow, "ui", "--host", args.host, "--port", str(args.port)]
     environment = {**os.environ, "MLFLOW_BACKEND_STORE_URI": tracking.uri}
-    print(
-        f"MLflow UI: http://{args.host}:{args.port}  (tracking store {tracking.display}; Ctrl-C stops it)",
-        flush=True,
+    from orchestrator import ui
+
+    base = f"http://{ui.connect_host(args.host)}:{args.port}"
+    link = ui.runs_link(base, tracking, experiment)
+    # The link is printed once the server answers: the first click works.
+    return ui.serve(
+        command,
+        environment,
+        f"{base}/health",
+        f"MLflow UI: {link}  (tracking store {tracking.display}; Ctrl-C stops it)",
     )
-    # Become the MLflow UI: Ctrl-C and SIGTERM reach it (and its server) directly.
-    os.execve(mlflow, command, environment)
-    return EXIT_OK  # not reached
 
 
 # -- the error boundary --

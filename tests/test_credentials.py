@@ -233,9 +233,14 @@ def test_ui_prints_and_passes_the_tracking_uri_without_its_password(tmp_path: Pa
     )
     try:
         assert process.stdout is not None
-        first_line = process.stdout.readline()
+        # ftsweep's line comes once the server answers, after the server's own log lines.
+        first_line = ""
+        for line in process.stdout:
+            if line.startswith("MLflow UI:"):
+                first_line = line
+                break
         assert "postgresql+psycopg://postgres:***@" in first_line and secret not in first_line
-        # ftsweep became the MLflow UI (same pid), which starts its server processes: every command line
+        # ftsweep starts the MLflow UI (its child), which starts its server processes: every command line
         # of the session, as any user of the machine sees them with `ps`, until the server answers
         # (all of its processes are up then), however long a loaded machine takes to get there.
         seen: dict[int, str] = {}
