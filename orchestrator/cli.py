@@ -313,7 +313,14 @@ def _open(args: argparse.Namespace):  # noqa: ANN202
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from orchestrator.status import RICH_ROWS, read_status, render_plain, render_status
+    from orchestrator.status import (
+        RICH_ROWS,
+        read_status,
+        render_compact,
+        render_plain,
+        render_status,
+        table_width,
+    )
 
     data = read_status(_location(args), args.study_name, last=args.last, show_all=args.all)
     if args.format == "json":
@@ -321,12 +328,22 @@ def cmd_status(args: argparse.Namespace) -> int:
 
         print(json.dumps(data.rows, indent=2, default=str))
         return EXIT_OK
-    if args.format == "plain" or len(data.rows) > RICH_ROWS:
+    if args.format == "plain":
+        print(render_plain(data))
+        return EXIT_OK
+    import shutil
+
+    # $COLUMNS, else the terminal's width, else 80 (a pipe): the same text whatever reads it.
+    width = shutil.get_terminal_size((80, 24)).columns
+    if table_width(data) > width:
+        print(render_compact(data, width))  # a parameter per key=value under its trial, not a squeezed column
+        return EXIT_OK
+    if len(data.rows) > RICH_ROWS:
         print(render_plain(data))
         return EXIT_OK
     from rich.console import Console
 
-    Console(highlight=False, soft_wrap=False).print(render_status(data))
+    Console(highlight=False, soft_wrap=False, width=width).print(render_status(data))
     return EXIT_OK
 
 

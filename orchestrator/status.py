@@ -266,3 +266,67 @@ def render_plain(data: StatusData) -> str:
             summary_line(data),
         ]
     )
+
+
+def table_width(data: StatusData) -> int:
+    """The width rich's table of ``data`` needs to show every row on one line (cells, padding, borders)."""
+    header = [data.metric if column == "value" else column for column in COLUMNS]
+    cells = [_cells(row) for row in data.rows]
+    widths = [max([len(header[i])] + [len(row[i]) for row in cells]) for i in range(len(header))]
+    return sum(widths) + 3 * len(widths) + 1
+
+
+def _short(value: Any) -> str:
+    """A parameter's value in a few characters: 3 significant digits for a float."""
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _fit(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(width - 3, 0)] + "..."
+
+
+def _wrap_items(items: list[str], indent: int, width: int) -> list[str]:
+    """``items`` joined by spaces on lines of at most ``width`` characters, each indented by ``indent``."""
+    lines: list[str] = []
+    current = ""
+    room = max(width - indent, 10)
+    for item in (_fit(item, room) for item in items):
+        if current and len(current) + 1 + len(item) > room:
+            lines.append(" " * indent + current)
+            current = item
+        else:
+            current = f"{current} {item}" if current else item
+    if current:
+        lines.append(" " * indent + current)
+    return lines
+
+
+def render_compact(data: StatusData, width: int = 80) -> str:
+    """The trials for a narrow terminal or a pipe: no line longer than ``width``.
+
+    One line per trial (number, state, value, epochs, duration), then its parameters as
+    ``key=value`` with short numbers, and the reason it was pruned or failed, on lines beneath it.
+    """
+    import textwrap
+
+    header = ["trial", "state", _fit(data.metric, 24), "epochs", "duration"]
+    rows = [_cells(row) for row in data.rows]
+    widths = [max([len(header[i])] + [len(cells[i]) for cells in rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        first = cells[0].rjust(widths[0])
+        rest = [cell.ljust(w) for cell, w in zip(cells[1:], widths[1:], strict=False)]
+        return _fit("  ".join([first, *rest]).rstrip(), width)
+
+    indent = widths[0] + 2
+    out = textwrap.wrap(f"study {data.study_name}", width) or [""]
+    out.append(line(header))
+    for row, cells in zip(data.rows, rows, strict=True):
+        out.append(line(cells[:5]))
+        out.extend(
+            _wrap_items([f"{key}={_short(value)}" for key, value in row["params"].items()], indent, width)
+        )
+        if cells[6]:
+            out.append(" " * indent + _fit(cells[6], max(width - indent, 10)))
+    out.extend(textwrap.wrap(summary_line(data), width))
+    return "\n".join(out)

@@ -77,3 +77,60 @@ def test_the_best_trial_as_a_sweep_file_runs_and_its_yaml_is_a_trainer_params_ma
     assert trial.params == {} and written_sweep["trainer"]["params"] == {"x": best.params["x"]}
     refused = run_cli(["best", "searched", "--as-sweep", "best.yaml"], cwd=tmp_path)
     assert refused.returncode == 2 and "exists" in refused.stderr
+
+
+def _wide_study(url: str) -> None:
+    """A study whose trials have long parameter names and values, and a long failure reason."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    study = optuna.create_study(study_name="wide", storage=url, direction="maximize")
+    study.set_user_attr(
+        "ftsweep:sweep", {"sweep": {"study": {"metric": "val_f1", "n_trials": 20}}, "base_dir": "/"}
+    )
+    distributions = {
+        "learning_rate": FloatDistribution(1e-6, 1e-3, log=True),
+        "weight_decay": FloatDistribution(1e-6, 0.3, log=True),
+        "label_smoothing": FloatDistribution(0.0, 0.3),
+        "warmup_ratio": FloatDistribution(0.0, 0.3),
+        "freeze_layers": IntDistribution(0, 6),
+        "regularization": CategoricalDistribution(["none", "l2sp_towards_pretrained", "l1"]),
+    }
+    for number in range(6):
+        failed = number == 3
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={
+                    "learning_rate": 6.466123e-05 * (number + 1),
+                    "weight_decay": 0.0123456789 / (number + 1),
+                    "label_smoothing": 0.1234567,
+                    "warmup_ratio": 0.05,
+                    "freeze_layers": number,
+                    "regularization": ["none", "l2sp_towards_pretrained", "l1"][number % 3],
+                },
+                distributions=distributions,
+                value=None if failed else 0.5 + number / 100,
+                state=optuna.trial.TrialState.FAIL if failed else optuna.trial.TrialState.COMPLETE,
+                intermediate_values={1: 0.4, 2: 0.5},
+                user_attrs={"reason": "RuntimeError: " + "a long message " * 12} if failed else {},
+            )
+        )
+
+
+def test_status_at_80_columns_and_in_a_pipe_fits_every_line(tmp_path: Path) -> None:
+    _wide_study(f"sqlite:///{tmp_path / 's.db'}")
+    for env in ({"COLUMNS": "80"}, {}):  # $COLUMNS = 80, and a pipe with no $COLUMNS at all
+        result = run_cli(["status", "wide", "--storage", "sqlite:///s.db"], cwd=tmp_path, **env)
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        assert all(len(line) <= 80 for line in lines), "\n".join(line for line in lines if len(line) > 80)
+        assert lines[0] == "study wide"
+        assert lines[1].split() == ["trial", "state", "val_f1", "epochs", "duration"]
+        # Each trial on a line of its own, its parameters beneath as key=value with short numbers.
+        assert lines[2].split()[:4] == ["0", "complete", "0.5000", "2"]
+        text = result.stdout
+        assert "learning_rate=6.47e-05" in text and "weight_decay=0.0123" in text
+        assert "regularization=l2sp_towards_pretrained" in text and "RuntimeError: a long message" in text
+        assert "6 trials: 5 complete, 1 fail; budget 20" in text.replace("\n", " ")
+    wide = run_cli(["status", "wide", "--storage", "sqlite:///s.db"], cwd=tmp_path, COLUMNS="400")
+    assert "│" in wide.stdout  # a terminal wide enough still gets the table, a trial per line

@@ -99,10 +99,13 @@ def test_plain_text_has_every_row_aligned(tmp_path: Path) -> None:
 
 def test_a_large_table_prints_as_plain_text(tmp_path: Path) -> None:
     build_study(f"sqlite:///{tmp_path / 's.db'}", RICH_ROWS + 5)
-    result = run_cli(["status", "s", "--storage", "sqlite:///s.db", "--all"], cwd=tmp_path)
+    # A wide terminal: at 80 columns the table is the compact form (tests/test_first_hour.py).
+    result = run_cli(["status", "s", "--storage", "sqlite:///s.db", "--all"], cwd=tmp_path, COLUMNS="200")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) == RICH_ROWS + 5 + 3 and "│" not in result.stdout
     assert lines[-1].startswith(f"{RICH_ROWS + 5} trials: ")
-    small = run_cli(["status", "s", "--storage", "sqlite:///s.db", "--last", "3"], cwd=tmp_path)
+    small = run_cli(
+        ["status", "s", "--storage", "sqlite:///s.db", "--last", "3"], cwd=tmp_path, COLUMNS="200"
+    )
     assert "│" in small.stdout and "showing the last 3" in small.stdout
