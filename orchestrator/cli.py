@@ -187,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     best.set_defaults(handler=cmd_best)
 
     _add_final_verbs(verbs)
+    _add_study_verbs(verbs)
 
     ui = verbs.add_parser("ui", help="start the MLflow UI on the sweep's tracking store")
     ui.add_argument(
@@ -378,6 +379,51 @@ def _write_best_sweep(study: object, args: argparse.Namespace) -> int:
     for note in notes:
         print(note, file=sys.stderr)
     print(f"wrote {target}; run it with: ftsweep run {target}")
+    return EXIT_OK
+
+
+def _add_study_verbs(verbs: argparse._SubParsersAction) -> None:
+    """``studies`` and ``delete``: the studies of a storage, listed and removed."""
+    studies = verbs.add_parser(
+        "studies", help="the studies in a storage: trials done / budget, best value, last activity"
+    )
+    _add_storage(studies)
+    studies.set_defaults(handler=cmd_studies)
+    delete = verbs.add_parser(
+        "delete", help="delete a study, its folders and its MLflow runs (asks first, unless --yes)"
+    )
+    delete.add_argument("study_name")
+    _add_storage(delete)
+    delete.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    delete.set_defaults(handler=cmd_delete)
+
+
+def cmd_studies(args: argparse.Namespace) -> int:
+    from orchestrator.studies import list_studies, render_studies
+
+    location = _location(args)
+    print(render_studies(list_studies(location), location.display))
+    return EXIT_OK
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    from orchestrator.studies import delete_study, plan_delete
+
+    location = _location(args)
+    plan = plan_delete(location, args.study_name)
+    what = [f"study {plan.study_name!r} ({plan.n_trials} trials) in {location.display}"]
+    what += [str(folder) for folder in plan.folders]
+    if plan.tracking is not None:
+        what.append(f"its MLflow runs in experiment {plan.experiment!r} ({plan.tracking.display})")
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UserError(f"delete {args.study_name}: add --yes to delete without a question (no terminal)")
+        print("this deletes:\n  " + "\n  ".join(what), file=sys.stderr)
+        if input("delete? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("nothing deleted", file=sys.stderr)
+            return EXIT_OK
+    for line in delete_study(location, plan):
+        print(line)
     return EXIT_OK
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
-from conftest import fault_sweep, run_cli, write_sweep
+import pytest
+from conftest import POSTGRES_URL, fault_sweep, require_postgres, run_cli, write_sweep
 
 
 def _stored_sweep(folder: Path, name: str) -> dict:
@@ -134,3 +136,65 @@ def test_status_at_80_columns_and_in_a_pipe_fits_every_line(tmp_path: Path) -> N
         assert "6 trials: 5 complete, 1 fail; budget 20" in text.replace("\n", " ")
     wide = run_cli(["status", "wide", "--storage", "sqlite:///s.db"], cwd=tmp_path, COLUMNS="400")
     assert "│" in wide.stdout  # a terminal wide enough still gets the table, a trial per line
+
+
+def _active_runs(tracking_uri: str, study_name: str) -> list:
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
+    return client.search_runs(experiments, filter_string=f"tags.`ftsweep.study` = '{study_name}'")
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_studies_lists_and_delete_removes_a_study_its_folder_and_its_mlflow_runs(
+    tmp_path: Path, database: str
+) -> None:
+    import optuna
+
+    if database == "postgresql":
+        require_postgres()
+        storage = POSTGRES_URL
+    else:
+        storage = f"sqlite:///{tmp_path / 'ftsweep.db'}"
+    tag = uuid.uuid4().hex[:6]
+    kept, gone = f"kept-{tag}", f"gone-{tag}"
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    for name in (kept, gone):
+        sweep = fault_sweep(name, n_trials=2, workers=1)
+        sweep["study"]["storage"] = storage
+        write_sweep(tmp_path, sweep, name=f"{name}.yaml")
+        assert run_cli(["run", f"{name}.yaml"], cwd=tmp_path).returncode == 0
+    try:
+        listed = run_cli(["studies", "--storage", storage], cwd=tmp_path)
+        assert listed.returncode == 0, listed.stderr
+        lines = {line.split()[0]: line.split() for line in listed.stdout.splitlines()[1:]}
+        assert lines[kept][1] == "2/2" and lines[kept][2] == "score" and lines[gone][1] == "2/2"
+        assert _active_runs(tracking, gone)
+
+        asked = run_cli(["delete", gone, "--storage", storage], cwd=tmp_path)  # no terminal to answer
+        assert asked.returncode == 2 and "--yes" in asked.stderr
+        assert gone in optuna.get_all_study_names(storage)
+
+        deleted = run_cli(["delete", gone, "--storage", storage, "--yes"], cwd=tmp_path)
+        assert deleted.returncode == 0, deleted.stderr
+        assert gone not in optuna.get_all_study_names(storage) and kept in optuna.get_all_study_names(storage)
+        assert (
+            _active_runs(tracking, gone) == [] and len(_active_runs(tracking, kept)) == 3
+        )  # study + 2 trials
+        if database == "sqlite":
+            assert (
+                not (tmp_path / "ftsweep-runs" / gone).exists()
+                and (tmp_path / "ftsweep-runs" / kept).exists()
+            )
+        listed = run_cli(["studies", "--storage", storage], cwd=tmp_path)
+        assert gone not in listed.stdout and kept in listed.stdout
+        # The name is free again: a study of that name runs, with an MLflow experiment of its own.
+        assert run_cli(["run", f"{gone}.yaml"], cwd=tmp_path).returncode == 0
+        assert len(_active_runs(tracking, gone)) == 3
+    finally:
+        if database == "postgresql":
+            for name in (kept, gone):
+                if name in optuna.get_all_study_names(storage):
+                    optuna.delete_study(study_name=name, storage=storage)
