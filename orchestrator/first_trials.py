@@ -1,7 +1,7 @@
 """The first trials of a new study: the trainer's default configuration and its other presets.
 
 A trainer names configurations worth trying before any sampling (:attr:`BaseTrainer.first_trials`:
-for the text trainer, its defaults and a linear probe). They are queued in the study, in order,
+for the text trainer, its defaults, a linear probe and LP-FT). They are queued in the study, in order,
 when it is created (Optuna's ``enqueue_trial``), so the sampler's first asks return them and a sweep
 can never end worse than either. They are queued once: ``resume`` queues nothing, and a queued
 trial is consumed by the first ask that takes it, so no preset runs twice.

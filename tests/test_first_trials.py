@@ -43,7 +43,7 @@ def test_every_shipped_space_plans_and_starts_with_the_default_and_the_probe(
         direction="maximize",
         sampler=optuna.samplers.TPESampler(seed=0),
     )
-    assert enqueue_first_trials(study, plan) == ["default", "linear probe"]
+    assert enqueue_first_trials(study, plan) == ["default", "linear probe", "LP-FT"]
 
     default_trial, default = ask(study, plan)
     assert default_trial.user_attrs[PRESET_ATTR] == "default"
@@ -54,6 +54,9 @@ def test_every_shipped_space_plans_and_starts_with_the_default_and_the_probe(
     assert TextClassificationParams(**probe) == TextClassificationParams(
         **plan.fixed_params, strategy="linear_probe"
     )
+    lp_ft_trial, lp_ft = ask(study, plan)
+    assert lp_ft_trial.user_attrs[PRESET_ATTR] == "LP-FT"
+    assert TextClassificationParams(**lp_ft) == TextClassificationParams(**plan.fixed_params, strategy="lp_ft")
     sampled_trial, _ = ask(study, plan)
     assert PRESET_ATTR not in sampled_trial.user_attrs
 

@@ -255,7 +255,11 @@ class TextClassificationTrainer(BaseTrainer):
     default_metric = "val_f1"
     default_direction = "maximize"
     default_search_space = "regularization"
-    first_trials = (("default", {}), ("linear probe", {"strategy": "linear_probe"}))
+    first_trials = (
+        ("default", {}),
+        ("linear probe", {"strategy": "linear_probe"}),
+        ("LP-FT", {"strategy": "lp_ft"}),
+    )
     # transformers imports its model machinery lazily, on the first from_pretrained (over a
     # second); importing it once per worker, before trials fork, takes that off every trial.
     preload_modules = (
