@@ -56,7 +56,8 @@ def test_every_shipped_space_plans_and_starts_with_the_default_and_the_probe(
     )
     lp_ft_trial, lp_ft = ask(study, plan)
     assert lp_ft_trial.user_attrs[PRESET_ATTR] == "LP-FT"
-    assert TextClassificationParams(**lp_ft) == TextClassificationParams(**plan.fixed_params, strategy="lp_ft")
+    expected = TextClassificationParams(**plan.fixed_params, strategy="lp_ft")
+    assert TextClassificationParams(**lp_ft) == expected
     sampled_trial, _ = ask(study, plan)
     assert PRESET_ATTR not in sampled_trial.user_attrs
 
