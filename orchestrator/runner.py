@@ -230,7 +230,7 @@ def _run_session(
     else:
         where = f"Ray ({sweep.execution.ray_address or 'a local Ray'})"
     progress.say(
-        f"study {sweep.study.name!r}: {budget} trials ({session.n_counted} already finished) on {where}; "
+        f"study {sweep.study.name!r}: {_trials(budget)} ({session.n_counted} already finished) on {where}; "
         f"storage {location.display}" + (f"; MLflow {tracker.location.display}" if tracker else "")
     )
     backend = make_backend(sweep, slots, work_dir)
@@ -248,6 +248,11 @@ def _run_session(
     return RunOutcome(
         sweep.study.name, location, session.result(), budget, session.n_counted, errors, work_dir
     )
+
+
+def _trials(n: int) -> str:
+    """``1 trial``, ``4 trials``."""
+    return f"{n} trial" if n == 1 else f"{n} trials"
 
 
 def make_backend(sweep: Sweep, slots: list[Slot], work_dir: Path) -> BaseBackend:
@@ -394,7 +399,7 @@ def _resume_study(
         study.set_user_attr(SWEEP_ATTR, stored)
     if not as_worker:
         source = "--n-trials" if n_trials else "the budget stored with the study"
-        print(f"resuming study {study_name!r} to {budget} trials ({source})", file=sys.stderr)
+        print(f"resuming study {study_name!r} to {_trials(budget)} ({source})", file=sys.stderr)
     tracker = _open_tracker(sweep, tracking)
     if tracker is not None and move is not None:
         tracker.move_artifacts(*move)

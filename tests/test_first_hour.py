@@ -40,6 +40,7 @@ def test_the_metric_is_named_in_the_study_and_the_trials_value_in_its_mlflow_run
     write_sweep(tmp_path, sweep)
     result = run_cli(["run", "sweep.yaml"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+    assert "study 'named': 1 trial (0 already finished)" in result.stderr  # not "1 trials"
     study = optuna.load_study(study_name="named", storage=f"sqlite:///{tmp_path / 'ftsweep.db'}")
     assert study.metric_names == ["score"]
     assert study.trials[0].value == 0.9
