@@ -286,7 +286,7 @@ def model_card(report: Mapping[str, Any]) -> str:
     out += [
         f"# {report['study']}: text classifier",
         "",
-        f"Fine-tuned from `{report['base_model']}` by [ftsweep](https://github.com/) from trial "
+        f"Fine-tuned from `{report['base_model']}` by ftsweep from trial "
         f"{report['trial']} of the "
         f"study `{report['study']}` (the trial with the best `{report['metric']}` on the validation split "
         "unless "

@@ -68,7 +68,7 @@ def track_final(
             state["logged"] = True
             _write_state(work, state)
         if not state.get("model_uri"):
-            say("MLflow: logging the model (transformers flavor)")
+            say("MLflow: logging the model")
             state["model_uri"] = _log_model(tracking.uri, run_id, export, report)
             _write_state(work, state)
         if register and not state.get("registered"):
@@ -228,6 +228,8 @@ def confusion_figure(report: dict[str, Any]) -> Any:
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """MLflow's notices about model cards and licences from the hub, and transformers' progress bars."""
+    import warnings
+
     from transformers.utils import logging as hf_logging
 
     mlflow_logger = logging.getLogger("mlflow")
@@ -235,9 +237,18 @@ def _quiet() -> Iterator[None]:
     mlflow_logger.setLevel(logging.ERROR)
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    bar = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     try:
-        yield
+        with warnings.catch_warnings():
+            # The pyfunc model's predict has no type hints on purpose (orchestrator.mlflow_model).
+            warnings.filterwarnings("ignore", message=".*type hints.*", category=UserWarning)
+            yield
     finally:
+        if bar is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bar
         mlflow_logger.setLevel(level)
         hf_logging.set_verbosity(hf_level)
         hf_logging.enable_progress_bar()
