@@ -47,15 +47,18 @@ def test_four_trials_two_workers_with_the_tiny_model(
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'ftsweep.db'}")
     assert len(study.trials) == 4
     assert all(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
-    assert all(set(t.params) == {"learning_rate", "dropout", "freeze_depth"} for t in study.trials)
-    assert all(0 <= t.params["freeze_depth"] <= 2 for t in study.trials)  # num_layers of the tiny model
+    searched = {"strategy", "learning_rate", "dropout", "freeze_depth"}  # search_spaces/quick.yaml
+    assert all(set(t.params) <= searched for t in study.trials)
+    # num_layers of the tiny model bounds freeze_depth
+    assert all(0 <= t.params.get("freeze_depth", 0) <= 2 for t in study.trials)
 
     parents, children, client = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "tiny")
     assert len(parents) == 1 and len(children) == 4
     for child in children:
-        assert {"learning_rate", "dropout", "freeze_depth", "epochs", "batch_size"} <= set(child.data.params)
-        assert METRICS <= set(child.data.metrics)
         number = int(child.data.tags["ftsweep.trial_number"])
+        # every searched parameter of the trial (they depend on its strategy) and the fixed settings
+        assert set(study.trials[number].params) | {"epochs", "batch_size"} <= set(child.data.params)
+        assert METRICS <= set(child.data.metrics)
         steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "val_f1"))
         assert steps == sorted(study.trials[number].intermediate_values)
     complete = [run for run in children if run.data.tags["ftsweep.state"] == "COMPLETE"]

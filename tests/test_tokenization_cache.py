@@ -62,16 +62,17 @@ def test_a_study_tokenizes_each_split_once(
 ) -> None:
     cache = tmp_path / "cache"
     first, logs = run_trial(tiny_model, toy_data, tmp_path, cache)
-    assert counter.calls == [64, 32, 32]  # train, validation, test
+    assert counter.calls == [64, 32]  # train, validation (a trial never reads the test split)
     assert not any("read from the study's cache" in line for line in logs)
     second, logs = run_trial(tiny_model, toy_data, tmp_path, cache)
-    assert counter.calls == [64, 32, 32]  # nothing tokenized again
-    assert "token ids of train, validation, test read from the study's cache" in logs
+    assert counter.calls == [64, 32]  # nothing tokenized again
+    assert "token ids of train, validation read from the study's cache" in logs
     assert second == first
-    assert len(list((cache / "tokens").iterdir())) == 3 * 2  # an entry and its lock per split
+    # an entry and its lock per split (train, validation)
+    assert len(list((cache / "tokens").iterdir())) == 2 * 2
     # Without a study folder every trial tokenizes.
     run_trial(tiny_model, toy_data, tmp_path, None)
-    assert counter.calls == [64, 32, 32] * 2
+    assert counter.calls == [64, 32] * 2
 
 
 def test_cached_ids_are_the_tokenizer_ids(
@@ -118,10 +119,10 @@ def test_trials_with_other_max_length_or_data_tokenize_again(
 ) -> None:
     cache = tmp_path / "cache"
     run_trial(tiny_model, toy_data, tmp_path, cache)
-    assert counter.calls == [64, 32, 32]
+    assert counter.calls == [64, 32]
     run_trial(tiny_model, toy_data, tmp_path, cache, max_length=8)
-    assert counter.calls == [64, 32, 32] * 2
+    assert counter.calls == [64, 32] * 2
     other = {**toy_data, "train": write_csv(tmp_path / "other" / "train.csv", make_rows(40, seed=7))}
     _, logs = run_trial(tiny_model, other, tmp_path, cache)
-    assert counter.calls == [64, 32, 32] * 2 + [40]  # only the new training file
-    assert "token ids of validation, test read from the study's cache" in logs
+    assert counter.calls == [64, 32] * 2 + [40]  # only the new training file
+    assert "token ids of validation read from the study's cache" in logs
