@@ -16,15 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ftsweep_common.errors import UserError
-from trainers.base import FinalFitRequest, TrialContext
-from trainers.data import LabelledData, Split, load_splits
-from trainers.text_classification import (
-    TextClassificationParams,
-    TextClassificationTrainer,
-    _hub_options,
-    _quiet_transformers,
-    _Trial,
-)
+from trainers.hf_loading import hub_options, quiet_transformers
 
 if TYPE_CHECKING:
     import numpy as np
@@ -56,108 +48,6 @@ def write_predictions(path: Path, labels: list[str], splits: dict[str, tuple[lis
 
 def _rows(probabilities: Any) -> list[list[float]]:
     return [[float(value) for value in row] for row in probabilities]
-
-
-def final_fit(
-    trainer: TextClassificationTrainer, ctx: TrialContext, request: FinalFitRequest
-) -> dict[str, float]:
-    """Train, export and predict as :meth:`trainers.base.BaseTrainer.final_fit` describes."""
-    params = TextClassificationParams(**ctx.params)
-    if request.refit == "train+val":
-        if request.epochs is None:
-            raise ValueError("a train+val fit needs its epoch count")
-        # No validation split is left to stop on or to pick an epoch with: exactly `epochs` epochs.
-        update: dict[str, Any] = {"epochs": int(request.epochs), "early_stopping_patience": 0}
-        if "min_steps" in TextClassificationParams.model_fields:
-            update["min_steps"] = 0  # the trial's epoch count already includes what min_steps added
-        params = params.model_copy(update=update)
-    return _FinalFit(trainer, ctx, params, request).run()
-
-
-class _FinalFit(_Trial):
-    """A trial that may train on train+val, reads the test split, and exports its model at the end."""
-
-    def __init__(
-        self,
-        trainer: TextClassificationTrainer,
-        ctx: TrialContext,
-        params: TextClassificationParams,
-        request: FinalFitRequest,
-    ) -> None:
-        super().__init__(trainer, ctx, params)
-        self.request = request
-
-    def _load_data(self) -> LabelledData:
-        data = load_splits(self.settings.data, self.trainer.base_dir, include_test=self.request.evaluate_test)
-        self.train_split = data.train
-        if self.request.refit == "train+val":
-            merged = Split(
-                data.train.texts + data.validation.texts,
-                data.train.labels + data.validation.labels,
-                f"{data.train.source} + {data.validation.source}",
-            )
-            data = LabelledData(train=merged, validation=data.validation, test=data.test, labels=data.labels)
-            self.train_split = merged
-        self.data = data
-        return data
-
-    def _track_best(self, epoch: int, value: float) -> None:
-        if self.request.refit == "train+val":
-            # The validation rows are training rows here: the last epoch is the model, by design.
-            self.best = {"epoch": epoch, "value": value, "weights": self._weights_copy()}
-            return
-        super()._track_best(epoch, value)
-
-    def run(self) -> dict[str, float]:
-        result = super().run()  # trains (or resumes); the feature cache is closed when it returns
-        self.features = None
-        self._load_weights(self.best["weights"])
-        out = Path(self.request.output_dir)
-        splits: dict[str, tuple[list[int], Any]] = {}
-        named = [("train", self.train_split)]
-        if self.request.refit == "train":
-            named.append(("validation", self.data.validation))
-        if self.data.test is not None:
-            named.append(("test", self.data.test))
-        for name, split in named:
-            true = split.label_ids(self.labels)
-            splits[name] = (true, self._probabilities(split.texts))
-        self._export(out / "model")
-        write_predictions(out / PREDICTIONS, self.labels, splits)
-        self.ctx.log(f"final fit: exported to {out / 'model'}; predictions of {', '.join(splits)} written")
-        return result
-
-    def _probabilities(self, texts: list[str]) -> np.ndarray:
-        """Class probabilities of ``texts`` under the current weights, with dropout off."""
-        import numpy as np
-        import torch
-
-        from trainers.data import sorted_batches, tokenize_texts
-
-        ids = tokenize_texts(self.tokenizer, texts, self.settings.max_length)
-        out = np.zeros((len(texts), len(self.labels)), dtype=np.float64)
-        self.model.eval()
-        with torch.inference_mode(), self.autocast():
-            for rows in sorted_batches([len(sequence) for sequence in ids], self.eval_size):
-                inputs = self._to_device(self.collate([ids[row] for row in rows]))
-                logits = self.model(**inputs).logits.float()
-                out[rows] = torch.softmax(logits, dim=-1).double().cpu().numpy()
-        return out
-
-    def _export(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(folder)
-        self.tokenizer.save_pretrained(folder)
-        info = {
-            "trainer": TextClassificationTrainer.name,
-            "input_column": self.settings.data.text_column,
-            "label_column": self.settings.data.label_column,
-            "max_length": self.settings.max_length,
-            "labels": self.labels,
-            # Mean pooling is not a transformers option: TextPredictor.load puts it back (see the model card).
-            "pooling": str(getattr(self, "pooling", "cls")),
-        }
-        (folder / MODEL_INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")
 
 
 class TextPredictor:
@@ -199,9 +89,9 @@ class TextPredictor:
             )
         try:
             info = json.loads(info_file.read_text(encoding="utf-8"))
-            with _quiet_transformers():
-                model = AutoModelForSequenceClassification.from_pretrained(folder, **_hub_options())
-                tokenizer = AutoTokenizer.from_pretrained(folder, **_hub_options())
+            with quiet_transformers():
+                model = AutoModelForSequenceClassification.from_pretrained(folder, **hub_options())
+                tokenizer = AutoTokenizer.from_pretrained(folder, **hub_options())
         except (OSError, ValueError, KeyError) as error:
             raise UserError(
                 f"{folder}: cannot load the model: {str(error).strip().splitlines()[0]}"

@@ -30,7 +30,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -38,12 +38,15 @@ from pydantic import Field
 
 from ftsweep_common.errors import ConfigError, ModelError
 from trainers.base import BaseTrainer, FinalFitRequest, Predictor, StrictModel, TrialContext, TrialDiverged
-from trainers.data import DataSettings, load_splits
+from trainers.data import DataSettings, LabelledData, Split, load_splits
+from trainers.final_fit import MODEL_INFO, PREDICTIONS, TextPredictor, write_predictions
+from trainers.hf_loading import hub_offline, quiet_transformers
+from trainers.hf_loading import hub_options as _hub_options
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
-    from trainers.data import LabelledData
     from trainers.feature_cache import FrozenFeatureCache
 
 PACKAGE_SCHEME = "package:"
@@ -56,7 +59,6 @@ WEIGHT_FILES = (
 CHECKPOINT_FORMAT = 1
 #: What a checkpoint's state holds (see ``_Trial._state``).
 _STATE_KEYS = ("epoch", "trainable", "optimizer", "scheduler", "rng", "history", "early_stopping", "best")
-_OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 #: A freshly initialised head learns little at an encoder's learning rate within a few hundred steps.
 DEFAULT_HEAD_LEARNING_RATE = 1e-3
 
@@ -390,15 +392,11 @@ class TextClassificationTrainer(BaseTrainer):
 
     def final_fit(self, ctx: TrialContext, request: FinalFitRequest) -> dict[str, float]:
         """Train the final model, export it and predict every split (:mod:`trainers.final_fit`)."""
-        from trainers.final_fit import final_fit
-
-        return final_fit(self, ctx, request)
+        return _final_fit(self, ctx, request)
 
     @classmethod
     def load_predictor(cls, model_dir: Path, device: str) -> Predictor:
         """The model a final fit exported into ``model_dir`` (:class:`trainers.final_fit.TextPredictor`)."""
-        from trainers.final_fit import TextPredictor
-
         return TextPredictor.load(model_dir, device)
 
 
@@ -473,21 +471,6 @@ def _loading_error(value: str, path: str, base_dir: Path, error: BaseException) 
         f"trainer.model: {value!r} is neither a folder (there is no {Path(base_dir) / value}) "
         f"nor a model the Hugging Face hub has: {reason}"
     )
-
-
-def hub_offline() -> bool:
-    """True when ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set, read now rather than at import."""
-    import os
-
-    return any(
-        os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on") for name in _OFFLINE_VARIABLES
-    )
-
-
-def _hub_options() -> dict[str, Any]:
-    # huggingface_hub reads HF_HUB_OFFLINE once, when imported; passing local_files_only honours a
-    # value set later and spares a machine without internet a minute of connection retries.
-    return {"local_files_only": True} if hub_offline() else {}
 
 
 def _load_config(value: str, path: str, base_dir: Path) -> Any:
@@ -825,7 +808,7 @@ class _Trial:
             **_hub_options(),
         )
         set_config_dropout(config, hidden=params.dropout, attention=attention, classifier=params.dropout)
-        with _quiet_transformers():
+        with quiet_transformers():
             model, info = AutoModelForSequenceClassification.from_pretrained(
                 path, config=config, dtype=torch.float32, output_loading_info=True, **_hub_options()
             )
@@ -1339,18 +1322,107 @@ def _restore_rng(state: dict[str, Any], on_cuda: bool) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """Silence the expected "newly initialized classifier weights" notice and the progress bar."""
-    from transformers.utils import logging
+# --------------------------------------------------------------------------------------------
+# The final fit (`ftsweep final`): a trial that may train on train+val, reads the test split and exports.
 
-    level = logging.get_verbosity()
-    bars = logging.is_progress_bar_enabled()
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        logging.set_verbosity(level)
-        if bars:
-            logging.enable_progress_bar()
+
+def _final_fit(
+    trainer: TextClassificationTrainer, ctx: TrialContext, request: FinalFitRequest
+) -> dict[str, float]:
+    """Train, export and predict as :meth:`trainers.base.BaseTrainer.final_fit` describes."""
+    params = TextClassificationParams(**ctx.params)
+    if request.refit == "train+val":
+        if request.epochs is None:
+            raise ValueError("a train+val fit needs its epoch count")
+        # No validation split is left to stop on or to pick an epoch with: exactly `epochs` epochs.
+        update: dict[str, Any] = {"epochs": int(request.epochs), "early_stopping_patience": 0}
+        if "min_steps" in TextClassificationParams.model_fields:
+            update["min_steps"] = 0  # the trial's epoch count already includes what min_steps added
+        params = params.model_copy(update=update)
+    return _FinalFit(trainer, ctx, params, request).run()
+
+
+class _FinalFit(_Trial):
+    """A trial that may train on train+val, reads the test split, and exports its model at the end."""
+
+    def __init__(
+        self,
+        trainer: TextClassificationTrainer,
+        ctx: TrialContext,
+        params: TextClassificationParams,
+        request: FinalFitRequest,
+    ) -> None:
+        super().__init__(trainer, ctx, params)
+        self.request = request
+
+    def _load_data(self) -> LabelledData:
+        data = load_splits(self.settings.data, self.trainer.base_dir, include_test=self.request.evaluate_test)
+        self.train_split = data.train
+        if self.request.refit == "train+val":
+            merged = Split(
+                data.train.texts + data.validation.texts,
+                data.train.labels + data.validation.labels,
+                f"{data.train.source} + {data.validation.source}",
+            )
+            data = LabelledData(train=merged, validation=data.validation, test=data.test, labels=data.labels)
+            self.train_split = merged
+        self.data = data
+        return data
+
+    def _track_best(self, epoch: int, value: float) -> None:
+        if self.request.refit == "train+val":
+            # The validation rows are training rows here: the last epoch is the model, by design.
+            self.best = {"epoch": epoch, "value": value, "weights": self._weights_copy()}
+            return
+        super()._track_best(epoch, value)
+
+    def run(self) -> dict[str, float]:
+        result = super().run()  # trains (or resumes); the feature cache is closed when it returns
+        self.features = None
+        self._load_weights(self.best["weights"])
+        out = Path(self.request.output_dir)
+        splits: dict[str, tuple[list[int], Any]] = {}
+        named = [("train", self.train_split)]
+        if self.request.refit == "train":
+            named.append(("validation", self.data.validation))
+        if self.data.test is not None:
+            named.append(("test", self.data.test))
+        for name, split in named:
+            true = split.label_ids(self.labels)
+            splits[name] = (true, self._probabilities(split.texts))
+        self._export(out / "model")
+        write_predictions(out / PREDICTIONS, self.labels, splits)
+        self.ctx.log(f"final fit: exported to {out / 'model'}; predictions of {', '.join(splits)} written")
+        return result
+
+    def _probabilities(self, texts: list[str]) -> np.ndarray:
+        """Class probabilities of ``texts`` under the current weights, with dropout off."""
+        import numpy as np
+        import torch
+
+        from trainers.data import sorted_batches, tokenize_texts
+
+        ids = tokenize_texts(self.tokenizer, texts, self.settings.max_length)
+        out = np.zeros((len(texts), len(self.labels)), dtype=np.float64)
+        self.model.eval()
+        with torch.inference_mode(), self.autocast():
+            for rows in sorted_batches([len(sequence) for sequence in ids], self.eval_size):
+                inputs = self._to_device(self.collate([ids[row] for row in rows]))
+                logits = self.model(**inputs).logits.float()
+                out[rows] = torch.softmax(logits, dim=-1).double().cpu().numpy()
+        return out
+
+    def _export(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+        info = {
+            "trainer": self.trainer.name,
+            "input_column": self.settings.data.text_column,
+            "label_column": self.settings.data.label_column,
+            "max_length": self.settings.max_length,
+            "labels": self.labels,
+            # Mean pooling is not a transformers option: TextPredictor.load puts it back (see the model card).
+            "pooling": str(getattr(self, "pooling", "cls")),
+        }
+        (folder / MODEL_INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")
