@@ -16,7 +16,6 @@ import enum
 import math
 import shutil
 import time
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,10 +46,9 @@ if TYPE_CHECKING:
     import optuna
 
     from orchestrator.messages import TrialOutcome
-    from orchestrator.tracking import RunFuture
     from orchestrator.plan import SweepPlan
     from orchestrator.progress import Progress
-    from orchestrator.tracking import StudyTracker
+    from orchestrator.tracking import RunFuture, StudyTracker
 
 
 @dataclass
@@ -186,9 +184,15 @@ class StudySession:
 
         trials = self.study.get_trials(deepcopy=False)
         self._counted = sum(1 for trial in trials if counts_toward_budget(trial))
-        self._failed = sum(1 for t in trials if t.state == TrialState.FAIL and not t.user_attrs.get(INTERRUPTED_ATTR))
+        self._failed = sum(
+            1 for t in trials if t.state == TrialState.FAIL and not t.user_attrs.get(INTERRUPTED_ATTR)
+        )
         for trial in trials:
-            if trial.state == TrialState.COMPLETE and trial.value is not None and self._better(trial.value, trial.number):
+            if (
+                trial.state == TrialState.COMPLETE
+                and trial.value is not None
+                and self._better(trial.value, trial.number)
+            ):
                 self.best_value, self.best_trial = trial.value, trial.number
         self.progress.already = self._counted
         self.progress.budget = self.n_trials
@@ -253,7 +257,7 @@ class StudySession:
             self._attach_run_id(handle)
 
     def _attach_run_id(self, handle: TrialHandle, wait: bool = False) -> None:
-        """The MLflow run id goes on the trial as soon as the run exists, so a re-run after a crash finds it."""
+        """The MLflow run id goes on the trial as soon as the run exists: a re-run after a crash finds it."""
         if handle.run is None or handle.run_attached or not (wait or handle.run.done()):
             return
         try:
@@ -419,7 +423,10 @@ class StudySession:
     def complete(self, handle: TrialHandle, result: dict[str, float]) -> None:
         value = result.get(self.metric, handle.last_metrics.get(self.metric))
         if value is None:
-            self.fail(handle, f"the trainer reported no {self.metric!r}; it reported: {', '.join(result) or 'nothing'}")
+            self.fail(
+                handle,
+                f"the trainer reported no {self.metric!r}; it reported: {', '.join(result) or 'nothing'}",
+            )
             return
         if not math.isfinite(value):
             self.prune(handle, f"diverged: {self.metric} is {value}")
@@ -456,12 +463,15 @@ class StudySession:
         self.study.tell(handle.trial, state=TrialState.FAIL)
         self._failed += 1
         self.first_error = self.first_error or f"trial {handle.number}: {reason}"
-        self._finished(handle, "FAIL", reason=reason, summary=handle.last_metrics, traceback_text=traceback_text)
+        self._finished(
+            handle, "FAIL", reason=reason, summary=handle.last_metrics, traceback_text=traceback_text
+        )
         self._drop_checkpoint(handle.number)
         if self.max_failures is not None and self._failed >= self.max_failures:
             self.request_stop(
                 StopReason.MAX_FAILURES,
-                f"{self._failed} trials failed (study.max_failures is {self.max_failures}); first error: {self.first_error}",
+                f"{self._failed} trials failed (study.max_failures is {self.max_failures}); "
+                f"first error: {self.first_error}",
             )
 
     def interrupt(self, handle: TrialHandle, reason: str) -> None:
@@ -483,9 +493,18 @@ class StudySession:
         self.progress.running = len(self.in_flight)
         if self.tracker and handle.run is not None:
             self.tracker.end_trial(handle.run, "INTERRUPTED", reason=reason)
-        self.progress.say(f"trial {handle.number} interrupted after epoch {handle.epochs}; `ftsweep resume` continues it")
+        self.progress.say(
+            f"trial {handle.number} interrupted after epoch {handle.epochs}; `ftsweep resume` continues it"
+        )
 
-    def _attach(self, handle: TrialHandle, *, reason: str | None = None, epochs: int | None = None, interrupted: bool = False) -> None:
+    def _attach(
+        self,
+        handle: TrialHandle,
+        *,
+        reason: str | None = None,
+        epochs: int | None = None,
+        interrupted: bool = False,
+    ) -> None:
         """User attributes written before ``tell`` (a finished trial's attributes cannot change)."""
         trial = handle.trial
         self._attach_run_id(handle, wait=True)
