@@ -15,7 +15,7 @@ help:
 	@echo "make install     create $(VENV) and install ftsweep with its test and demo extras"
 	@echo "make test        install, then run the whole test suite (what CI runs)"
 	@echo "make test-quick  the suite without the slow end-to-end tests"
-	@echo "make demo        install, then run the bundled demo sweep and its final fit on the CPU (about 3 minutes)"
+	@echo "make demo        install, then run the bundled demo sweep (8 small trials) and its final fit on the CPU"
 	@echo "make lint        ruff check, ruff format --check and mypy (what CI checks)"
 
 $(STAMP): pyproject.toml
