@@ -19,7 +19,7 @@ import contextlib
 import fcntl
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from orchestrator.errors import UserError
@@ -42,20 +42,34 @@ def driver_lock(work_dir: Path, study_name: str) -> Iterator[None]:
     Raises:
         StudyBusy: when another live process holds it, naming its host and pid.
     """
-    work_dir.mkdir(parents=True, exist_ok=True)
-    path = work_dir / LOCK_FILE
+
+    def busy(holder: str) -> UserError:
+        return StudyBusy(
+            f"study {study_name!r} is already being run by ftsweep ({holder}); two drivers would "
+            "overshoot its budget. Wait for it to finish, or stop it (Ctrl-C) and then run "
+            f"`ftsweep resume {study_name}`"
+        )
+
+    with process_lock(work_dir / LOCK_FILE, busy):
+        yield
+
+
+@contextlib.contextmanager
+def process_lock(path: Path, busy: Callable[[str], UserError]) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` while the block runs; it dies with this process.
+
+    Args:
+        path: the lock file (its folder is created if needed); it keeps the holder's host and pid.
+        busy: the error to raise, given the holder's host and pid, when another process holds it.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
     # os.open's descriptors are not inherited by child processes: only this process holds the lock.
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _read(fd) or "another process"
-            raise StudyBusy(
-                f"study {study_name!r} is already being run by ftsweep ({holder}); two drivers would "
-                "overshoot its budget. Wait for it to finish, or stop it (Ctrl-C) and then run "
-                f"`ftsweep resume {study_name}`"
-            ) from None
+            raise busy(_read(fd) or "another process") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"host {socket.gethostname()}, pid {os.getpid()}".encode(), 0)
         yield

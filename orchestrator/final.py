@@ -195,24 +195,15 @@ def _final(
 @contextlib.contextmanager
 def _final_lock(work: Path, study_name: str) -> Iterator[None]:
     """One ``final`` of a study at a time: an ``flock`` that dies with its process (SIGKILL included)."""
-    import fcntl
-    import socket
+    from orchestrator.driver_lock import process_lock
 
-    work.mkdir(parents=True, exist_ok=True)
-    fd = os.open(work / "final.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "another process"
-            raise UserError(
-                f"a `ftsweep final` of study {study_name!r} is running ({holder}); wait for it to finish"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"host {socket.gethostname()}, pid {os.getpid()}".encode(), 0)
+    def busy(holder: str) -> UserError:
+        return UserError(
+            f"a `ftsweep final` of study {study_name!r} is running ({holder}); wait for it to finish"
+        )
+
+    with process_lock(work / "final.lock", busy):
         yield
-    finally:
-        os.close(fd)
 
 
 # -- choosing ---------------------------------------------------------------------------------------
