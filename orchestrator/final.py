@@ -398,19 +398,10 @@ def _drive(
     """Start the fit's process and answer its epoch reports until it sends its outcome or dies."""
     from multiprocessing.connection import wait
 
-    from orchestrator.backends._trial_process import trial_main
-    from orchestrator.backends.local import _main_module_hidden
+    from orchestrator.backends.local import start_trial_process
     from orchestrator.messages import CONTINUE, EpochReport
 
-    conn, child = context.Pipe(duplex=True)
-    lifeline_read, lifeline = context.Pipe(duplex=False)
-    process = context.Process(
-        target=trial_main, args=(child, job, lifeline_read), name=f"ftsweep-final-{label}"
-    )
-    with _main_module_hidden():
-        process.start()
-    child.close()
-    lifeline_read.close()
+    process, conn, lifeline = start_trial_process(context, job, f"ftsweep-final-{label}")
     (folder / "fit.pid").write_text(str(process.pid))
     try:
         while True:

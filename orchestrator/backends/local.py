@@ -25,7 +25,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
-from orchestrator.backends._trial_process import make_job, trial_main
+from orchestrator.backends._trial_process import TrialJob, make_job, trial_main
 from orchestrator.backends.base import BaseBackend
 from orchestrator.config import Sweep
 from orchestrator.devices import Slot
@@ -150,15 +150,9 @@ class LocalBackend(BaseBackend):
             n_threads=slot.n_threads,
             log_path=str(self.log_dir / f"trial-{handle.number}.log") if self.log_dir else None,
         )
-        parent_end, child_end = context.Pipe(duplex=True)
-        lifeline_read, lifeline_write = context.Pipe(duplex=False)
-        process = context.Process(
-            target=trial_main, args=(child_end, job, lifeline_read), name=f"ftsweep-trial-{handle.number}"
+        process, parent_end, lifeline_write = start_trial_process(
+            context, job, f"ftsweep-trial-{handle.number}"
         )
-        with _main_module_hidden():
-            process.start()
-        child_end.close()
-        lifeline_read.close()
         if self.log_dir is not None:
             # So that a person (or a test) can find and signal one trial's process.
             with contextlib.suppress(OSError):  # a full disk: the trial reports it itself
@@ -276,6 +270,23 @@ class LocalBackend(BaseBackend):
     def _restore_signal_handlers(previous: dict[int, Any]) -> None:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def start_trial_process(context: Any, job: TrialJob, name: str) -> tuple[Any, Connection, Connection]:
+    """Start one trial process (:func:`trial_main`) for ``job``: the local backend's and ``ftsweep final``'s.
+
+    Returns:
+        the process, the driver's end of its message pipe, and the lifeline: the trial exits when
+        the lifeline's other end closes, i.e. when this process dies, however it dies.
+    """
+    parent_end, child_end = context.Pipe(duplex=True)
+    lifeline_read, lifeline_write = context.Pipe(duplex=False)
+    process = context.Process(target=trial_main, args=(child_end, job, lifeline_read), name=name)
+    with _main_module_hidden():
+        process.start()
+    child_end.close()
+    lifeline_read.close()
+    return process, parent_end, lifeline_write
 
 
 @contextlib.contextmanager
