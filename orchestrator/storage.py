@@ -159,6 +159,24 @@ def _absolute_sqlite(url: str, key: str, base_dir: Path) -> tuple[str, Path | No
     return f"{scheme}:///{path}" + (f"?{query[2]}" if query[1] else ""), path
 
 
+def _given_or_default(
+    explicit: str | None, env: str, default: str, key: str, what: str, example: str
+) -> tuple[str, str]:
+    """The value given, else ``$env``, else ``default``, with ``${NAME}`` expanded, and the key it came from.
+
+    Raises:
+        ConfigError: for an unset ``${NAME}`` or an empty value.
+    """
+    if explicit is None and os.environ.get(env):
+        raw, key = os.environ[env], env
+    else:
+        raw = default if explicit is None else explicit
+    value = expand_env(raw.strip(), key)
+    if not value:
+        raise ConfigError(f"{key}: the {what} is empty; e.g. {default} or {example}")
+    return value, key
+
+
 @dataclass(frozen=True)
 class StoreLocation:
     """The study's storage, resolved once.
@@ -192,16 +210,9 @@ class StoreLocation:
         Raises:
             ConfigError: for an unset ``${NAME}``, an empty URL or an in-memory SQLite database.
         """
-        if explicit is None and os.environ.get(STORAGE_ENV):
-            raw, key = os.environ[STORAGE_ENV], STORAGE_ENV
-        else:
-            raw = DEFAULT_STORAGE if explicit is None else explicit
-        url = expand_env(raw.strip(), key)
-        if not url:
-            raise ConfigError(
-                f"{key}: the storage URL is empty; e.g. {DEFAULT_STORAGE} or "
-                "postgresql+psycopg://user@host/db"
-            )
+        url, key = _given_or_default(
+            explicit, STORAGE_ENV, DEFAULT_STORAGE, key, "storage URL", "postgresql+psycopg://user@host/db"
+        )
         if "://" not in url:
             raise ConfigError(
                 f"{key} {mask_url(url)!r}: not a database URL; e.g. {DEFAULT_STORAGE} or "
@@ -265,15 +276,9 @@ class TrackingLocation:
                     "PGPASSWORD for PostgreSQL)"
                 )
             explicit = None
-        if explicit is None and os.environ.get(TRACKING_ENV):
-            raw, key = os.environ[TRACKING_ENV], TRACKING_ENV
-        else:
-            raw = DEFAULT_TRACKING_URI if explicit is None else explicit
-        uri = expand_env(raw.strip(), key)
-        if not uri:
-            raise ConfigError(
-                f"{key}: the tracking URI is empty; e.g. {DEFAULT_TRACKING_URI} or http://host:5000"
-            )
+        uri, key = _given_or_default(
+            explicit, TRACKING_ENV, DEFAULT_TRACKING_URI, key, "tracking URI", "http://host:5000"
+        )
         uri, sqlite_file = _absolute_sqlite(uri, key, Path.cwd() if base_dir is None else Path(base_dir))
         return cls(uri=uri, display=mask_url(uri), sqlite_file=sqlite_file)
 
