@@ -318,7 +318,7 @@ class BaseTrainer(ABC):
         Returns:
             the fit's own figures (``best_epoch``, ``epochs_run``, validation metrics).
         """
-        raise NotImplementedError
+        raise NotImplementedError(f"trainer {self.name!r} has no final_fit hook (see implements_final)")
 
     def baseline_params(self) -> dict[str, Any]:
         """The parameters a user would get without a search (``ftsweep final --baseline``).
@@ -335,7 +335,7 @@ class BaseTrainer(ABC):
         Raises:
             ftsweep_common.errors.UserError: when ``model_dir`` holds no model this trainer exported.
         """
-        raise NotImplementedError
+        raise NotImplementedError(f"trainer {cls.name!r} has no load_predictor hook (see implements_final)")
 
     @classmethod
     def implements_final(cls) -> bool:
