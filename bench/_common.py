@@ -91,7 +91,8 @@ def write_demo_data(
     """
     import csv
 
-    from trainers.data import Split, read_table, stratified_sample
+    from trainers.data_files import read_table
+    from trainers.splits import Split, stratified_sample
 
     train = Split(*read_table(DEMO / "train.csv", "text", "label"))
     if train_rows < len(train):

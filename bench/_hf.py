@@ -46,7 +46,7 @@ class TrainerData:
 
 
 def read_trainer_data(tokenizer: Any, train: Path, validation: Path, max_length: int) -> TrainerData:
-    from trainers.data import read_table
+    from trainers.data_files import read_table
 
     train_texts, train_labels = read_table(train, "text", "label")
     val_texts, val_labels = read_table(validation, "text", "label")

@@ -45,7 +45,7 @@ def child_ftsweep(args: argparse.Namespace, data: dict[str, str]) -> dict[str, A
     import re
 
     from trainers.base import TrialContext
-    from trainers.data import read_table
+    from trainers.data_files import read_table
     from trainers.text_classification import TextClassificationTrainer
 
     started = time.perf_counter()
@@ -89,8 +89,9 @@ def child_ftsweep(args: argparse.Namespace, data: dict[str, str]) -> dict[str, A
     # The padding ftsweep's length-bucketed batches leave, for the same epochs' shuffles.
     import torch
 
-    from trainers.data import bucketed_batches, epoch_seed, tokenize_texts
+    from trainers.batching import bucketed_batches, epoch_seed
     from trainers.text_classification import _load_tokenizer
+    from trainers.tokenization_cache import tokenize_texts
 
     tokenizer = _load_tokenizer(args.model, trainer.model_path)
     texts, _ = read_table(Path(data["train"]), "text", "label")

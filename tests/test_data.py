@@ -11,16 +11,10 @@ import pytest
 import torch
 
 from orchestrator.errors import DataError
-from trainers.data import (
-    DataSettings,
-    PadCollator,
-    bucketed_batches,
-    epoch_seed,
-    load_splits,
-    read_table,
-    sorted_batches,
-    tokenize_texts,
-)
+from trainers.batching import PadCollator, bucketed_batches, epoch_seed, sorted_batches
+from trainers.data import DataSettings, load_splits
+from trainers.data_files import read_table
+from trainers.tokenization_cache import tokenize_texts
 
 ROWS = [
     {"text": "great offer today", "label": "yes"},

@@ -432,8 +432,9 @@ def attach_cache(
     """A feature cache on the deep model, probed; and the token ids of 12 short texts."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from trainers.data import PadCollator, tokenize_texts
+    from trainers.batching import PadCollator
     from trainers.regularization import freeze
+    from trainers.tokenization_cache import tokenize_texts
 
     model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=2)
     freeze(model, depth)
@@ -575,8 +576,9 @@ def test_padded_batches_get_what_the_model_computes(tiny_model: Path) -> None:
     """Per-example states padded per batch equal the frozen blocks' output on that padded batch."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from trainers.data import PadCollator, tokenize_texts
+    from trainers.batching import PadCollator
     from trainers.regularization import find_encoder_blocks, freeze
+    from trainers.tokenization_cache import tokenize_texts
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2)
     freeze(model, 1)

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from conftest import make_rows, write_csv
 
-import trainers.data
+import trainers.tokenization_cache
 from trainers.base import TrialContext
-from trainers.data import tokenize_cached, tokenize_texts, tokenizer_fingerprint, tokens_key
 from trainers.text_classification import TextClassificationTrainer
+from trainers.tokenization_cache import tokenize_cached, tokenize_texts, tokenizer_fingerprint, tokens_key
 
 
 class CountingTokenize:
@@ -28,7 +28,7 @@ class CountingTokenize:
 @pytest.fixture
 def counter(monkeypatch: pytest.MonkeyPatch) -> CountingTokenize:
     counting = CountingTokenize()
-    monkeypatch.setattr(trainers.data, "tokenize_texts", counting)
+    monkeypatch.setattr(trainers.tokenization_cache, "tokenize_texts", counting)
     return counting
 
 

@@ -762,7 +762,7 @@ class FrozenFeatureCache:
         import numpy as np
         import torch
 
-        from trainers.data import sorted_batches  # data.py does not import this module: no cycle
+        from trainers.batching import sorted_batches
 
         total = sum(lengths)
         storage = _torch_dtype(self.dtype)

@@ -1,6 +1,6 @@
 """Shared on-disk entries: one folder per key, written once, atomically, under a lock.
 
-The building block of the study's caches (tokenized data in :mod:`trainers.data`, frozen-layer
+The building block of the study's caches (token ids in :mod:`trainers.tokenization_cache`, frozen-layer
 features in :mod:`trainers.feature_cache`): a folder named by a key is created by whoever asks
 first, in a scratch folder renamed into place, while concurrent askers (threads, processes,
 workers on a shared file system) wait on ``<key>.lock`` and then read the same entry.

@@ -38,10 +38,11 @@ from pydantic import Field
 
 from ftsweep_common.errors import ConfigError, ModelError
 from trainers.base import BaseTrainer, FinalFitRequest, Predictor, StrictModel, TrialContext, TrialDiverged
-from trainers.data import DataSettings, LabelledData, Split, load_splits
+from trainers.data import DataSettings, LabelledData, load_splits
 from trainers.final_fit import MODEL_INFO, PREDICTIONS, TextPredictor, write_predictions
 from trainers.hf_loading import hub_offline, quiet_transformers
 from trainers.hf_loading import hub_options as _hub_options
+from trainers.splits import Split
 
 if TYPE_CHECKING:
     import numpy as np
@@ -725,7 +726,8 @@ class _Trial:
     def _setup_data(self) -> None:
         import torch
 
-        from trainers.data import PadCollator, tokenize_cached, tokenizer_fingerprint
+        from trainers.batching import PadCollator
+        from trainers.tokenization_cache import tokenize_cached, tokenizer_fingerprint
 
         data = self._load_data()
         self.labels = data.labels
@@ -781,7 +783,7 @@ class _Trial:
         """The split collated once, on the device, in length order: ``(inputs, labels, rows)`` per batch."""
         import torch
 
-        from trainers.data import sorted_batches
+        from trainers.batching import sorted_batches
 
         labels = torch.tensor(label_ids, dtype=torch.long)
         batches = []
@@ -896,7 +898,7 @@ class _Trial:
         """
         import torch
 
-        from trainers.data import sorted_batches
+        from trainers.batching import sorted_batches
         from trainers.linear_probe import fit_logistic_regression, head_inputs, set_head
         from trainers.regularization import class_weights, freeze
 
@@ -1162,7 +1164,7 @@ class _Trial:
         """One pass over the training data; the loss and predictions are read back once, at the end."""
         import torch
 
-        from trainers.data import bucketed_batches, epoch_seed
+        from trainers.batching import bucketed_batches, epoch_seed
         from trainers.regularization import augment, train_mode
 
         params = self.params
@@ -1400,7 +1402,8 @@ class _FinalFit(_Trial):
         import numpy as np
         import torch
 
-        from trainers.data import sorted_batches, tokenize_texts
+        from trainers.batching import sorted_batches
+        from trainers.tokenization_cache import tokenize_texts
 
         ids = tokenize_texts(self.tokenizer, texts, self.settings.max_length)
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float64)
