@@ -14,13 +14,9 @@ import torch
 from conftest import make_rows, write_csv
 
 from trainers.base import TrialContext
-from trainers.feature_cache import (
-    FrozenFeatureCache,
-    exclusive_lock,
-    features_key,
-    frozen_fingerprints,
-    shared_entry,
-)
+from trainers.feature_cache import FrozenFeatureCache
+from trainers.feature_keys import features_key, frozen_fingerprints
+from trainers.shared_folder import exclusive_lock, shared_entry
 from trainers.text_classification import TextClassificationTrainer
 
 # Dropout on: the trainable layers draw random numbers, and must draw the same ones with the cache.
@@ -522,7 +518,7 @@ def test_the_sweep_file_bounds_the_extra_disk(
 
 
 def test_spread_picks_evenly_spaced_depths() -> None:
-    from trainers.feature_cache import _spread
+    from trainers.feature_intermediates import _spread
 
     assert _spread([1, 2, 3, 4, 5], 2) == [2, 4]
     assert _spread([1, 2, 3], 1) == [2]
