@@ -4,6 +4,9 @@ VENV ?= .venv
 # The CPU build of torch (small, and what the tests and the demo need). With a GPU, use e.g.
 #   make test TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH_SPEC ?= torch==2.13.0
+# No torchvision (the image trainer's augmentations are plain torch): PyPI's torchvision wheels are CUDA
+# builds that fail to import beside the CPU torch ("operator torchvision::nms does not exist"), and
+# transformers imports torchvision whenever it is installed, so one would break every model load.
 PYTEST_ARGS ?=
 
 BIN := $(VENV)/bin
