@@ -428,3 +428,19 @@ def test_the_geometry_follows_a_processor_with_a_centre_crop() -> None:
     assert geometry.mean == pytest.approx((0.1, 0.2, 0.3)) and geometry.std == pytest.approx((0.4, 0.5, 0.6))
     wide = torch.zeros(3, 20, 60, dtype=torch.uint8)
     assert EvalTransform(geometry)(wide).shape == (3, 32, 32)
+
+
+def test_workers_decode_and_augment_the_same_batches_as_the_main_process(shapes: Path) -> None:
+    data = load_image_splits(ImageDataSettings(train="folder/train", validation="folder/validation"), shapes)
+    train, _ = build_transforms({"random_resized_crop_scale": 0.5, "color_jitter": 0.3}, GEOMETRY)
+    dataset = ImageDataset(data.train, data.labels, train, seed=2)
+
+    def batches(workers: int) -> list[torch.Tensor]:
+        sampler = EpochSampler(len(dataset), seed=2)
+        sampler.set_epoch(3)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=5, sampler=sampler, num_workers=workers)
+        return [images for images, _ in loader]
+
+    in_workers, here = batches(2), batches(0)
+    assert len(in_workers) == len(here) == 4
+    assert all(torch.equal(a, b) for a, b in zip(in_workers, here, strict=True))
