@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 # The CPU build of torch (small, and what the tests and the demo need). With a GPU, use e.g.
-#   make test TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+#   make test TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu130"
 TORCH_SPEC ?= torch==2.13.0
 # No torchvision (the image trainer's augmentations are plain torch): PyPI's torchvision wheels are CUDA
 # builds that fail to import beside the CPU torch ("operator torchvision::nms does not exist"), and

@@ -92,7 +92,7 @@ def open_storage(store: StoreLocation | str) -> optuna.storages.RDBStorage:
     except ModuleNotFoundError as error:
         raise StorageError(
             f"storage {location.display}: the database driver {error.name!r} is not installed; "
-            "for PostgreSQL: pip install 'ftsweep[postgres]'"
+            "for PostgreSQL, in your ftsweep clone: pip install -e '.[postgres]'"
         ) from error
     except (sqlalchemy.exc.SQLAlchemyError, ValueError) as error:
         raise StorageError(f"storage {location.display}: cannot open it ({_first_line(error)})") from error

@@ -96,7 +96,7 @@ def test_ray_not_installed_is_one_line_exit_2_and_nothing_is_created(tmp_path: P
 
     assert result.returncode == 2, result.stderr
     (line,) = result.stderr.strip().splitlines()
-    assert "pip install 'ftsweep[ray]'" in line and "execution.backend" in line
+    assert "pip install -e '.[ray]'" in line and "execution.backend" in line
     assert sorted(path.name for path in work.iterdir()) == [
         "sweep.yaml"
     ]  # no store, no MLflow, no run folder

@@ -246,14 +246,14 @@ class RayBackend(BaseBackend):
 
     @classmethod
     def check_available(cls) -> None:
-        """Ray Tune must import (``pip install 'ftsweep[ray]'``)."""
+        """Ray Tune must import (``pip install -e '.[ray]'`` in the clone)."""
         try:
             import ray  # noqa: F401 - only whether it imports
             import ray.tune  # noqa: F401
         except ImportError as error:
             raise ConfigError(
                 f"execution.backend: ray needs Ray Tune, which is not installed ({error}); "
-                "install it with: pip install 'ftsweep[ray]'"
+                "install it in your ftsweep clone with: pip install -e '.[ray]'"
             ) from None
 
     @classmethod
