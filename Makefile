@@ -21,11 +21,11 @@ help:
 	@echo "make demo        install, then run the bundled demo sweep (8 small trials) and its final fit on the CPU"
 	@echo "make lint        ruff check, ruff format --check and mypy (what CI checks)"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml docker/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
-	$(BIN)/pip install --quiet -e ".[dev,demo]"
+	$(BIN)/pip install --quiet -e ".[dev,demo]" --constraint docker/constraints.txt
 	touch $(STAMP)
 
 install: $(STAMP)
