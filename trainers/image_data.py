@@ -281,21 +281,21 @@ def load_image_splits(
 
 
 def _split_off_validation(train: ImageSplit, fraction: float, seed: int) -> tuple[ImageSplit, ImageSplit]:
-    from trainers.data import split_off_validation
+    from trainers.splits import split_off_validation
 
     kept, held = split_off_validation(_as_rows(train), fraction, seed)
     return _from_rows(kept), _from_rows(held)
 
 
 def _stratified_sample(split: ImageSplit, size: int, seed: int) -> ImageSplit:
-    from trainers.data import stratified_sample
+    from trainers.splits import stratified_sample
 
     return _from_rows(stratified_sample(_as_rows(split), size, seed))
 
 
 def _as_rows(split: ImageSplit) -> Any:
-    """The split as :class:`trainers.data.Split` rows (path strings as texts), to reuse its splitting."""
-    from trainers.data import Split
+    """The split as :class:`trainers.splits.Split` rows (path strings as texts), to reuse its splitting."""
+    from trainers.splits import Split
 
     return Split([str(path) for path in split.paths], list(split.labels), split.source)
 
