@@ -63,6 +63,16 @@ class PrunerConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
+class WarmStartConfig(_Strict):
+    """``study.warm_start``: seed a new study with the finished trials of an earlier one."""
+
+    study: str = Field(min_length=1, description="The earlier study's name.")
+    storage: str | None = Field(
+        None, description="Its storage URL (${NAME} expanded); default this study's storage."
+    )
+    top_k: int | None = Field(None, ge=1, description="Only its best top_k complete trials; default all.")
+
+
 class StudyConfig(_Strict):
     name: str = Field(min_length=1, max_length=200, description="The study's name in the storage.")
     storage: str | None = Field(
@@ -78,6 +88,28 @@ class StudyConfig(_Strict):
         None, gt=0, description="Stop starting trials after this long: 90s, 30m, 2h."
     )
     max_failures: int | None = Field(None, ge=1, description="Stop the study after this many failed trials.")
+    enqueue: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Configurations (parameter: value) the new study runs first, before any sampling.",
+    )
+    warm_start: WarmStartConfig | None = Field(
+        None, description="An earlier study whose finished trials seed the new study's sampler."
+    )
+
+    @field_validator("enqueue", mode="before")
+    @classmethod
+    def _enqueue_entries(cls, value: Any) -> Any:
+        example = "{learning_rate: 2.0e-5, weight_decay: 0.01}"
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise ValueError(f"must be a list of mappings of parameter to value, e.g. [{example}]")
+        for index, entry in enumerate(value):
+            if not isinstance(entry, dict):
+                raise ValueError(
+                    f"entry [{index}] is {entry!r}, not a mapping of parameter to value such as {example}"
+                )
+        return value
 
     @field_validator("timeout", mode="before")
     @classmethod

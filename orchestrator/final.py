@@ -222,14 +222,39 @@ def _chosen_trial(study: optuna.Study, number: int | None) -> optuna.trial.Froze
                 f"study {name!r} has no finished (complete) trial yet; run or resume it first (`ftsweep "
                 f"status {name}`)"
             )
-        return found
+        return _ran_here(study, found, best=True)
     complete = {t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
     if number not in complete:
         shown = ", ".join(map(str, sorted(complete)[:20])) or "none"
         raise UserError(
             f"--trial {number}: study {name!r} has no complete trial {number}; complete trials: {shown}"
         )
-    return complete[number]
+    return _ran_here(study, complete[number], best=False)
+
+
+def _ran_here(study: optuna.Study, trial: optuna.trial.FrozenTrial, best: bool) -> optuna.trial.FrozenTrial:
+    """``trial``, unless ``study.warm_start`` copied it from an earlier study: it never ran in this one."""
+    from optuna.study import StudyDirection
+
+    from orchestrator.study import WARM_START_ATTR, is_warm_started
+
+    if not is_warm_started(trial):
+        return trial
+    origin = trial.user_attrs[WARM_START_ATTR]
+    own = [t for t in study.get_trials(deepcopy=False) if t.state == trial.state and not is_warm_started(t)]
+    sign = -1.0 if study.directions[0] == StudyDirection.MAXIMIZE else 1.0
+    best_own = min(own, key=lambda t: (sign * t.values[0], t.number), default=None)
+    choose = (
+        f"choose a trial this study ran with --trial (its best: {best_own.number})"
+        if best_own is not None
+        else "run or resume this study first"
+    )
+    raise UserError(
+        f"trial {trial.number}{' (the best)' if best else ''} of study {study.study_name!r} came from "
+        f"study.warm_start (trial {origin['trial']} of study {origin['study']!r}) and never ran in this "
+        f"study, so nothing of it is here to fit; {choose}, or run `ftsweep final {origin['study']} --trial "
+        f"{origin['trial']}`"
+    )
 
 
 def _trial_params(sweep: Sweep, trainer: BaseTrainer, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -19,6 +19,9 @@ from orchestrator.config import Sweep, describe_validation_error
 from orchestrator.errors import ConfigError
 from search_spaces import SearchSpace, load_search_space
 from trainers.base import BaseTrainer, load_trainer_class
+
+if TYPE_CHECKING:
+    from orchestrator.warm_start import WarmStart
 
 
 @dataclass
@@ -31,6 +34,7 @@ class SweepPlan:
         trainer: a trainer built in the driver (checked; cheap to keep).
         space: the search space with symbols resolved and fixed parameters removed.
         fixed_params: parameters the sweep file fixes (``trainer.params`` and settings such as ``epochs``).
+        warm_start: the earlier study's trials a new study starts from (``study.warm_start``), or None.
     """
 
     sweep: Sweep
@@ -38,6 +42,7 @@ class SweepPlan:
     trainer: BaseTrainer
     space: SearchSpace
     fixed_params: dict[str, Any]
+    warm_start: WarmStart | None = None
 
     def trial_params(self, sampled: dict[str, Any]) -> dict[str, Any]:
         """Every parameter of a trial: the fixed ones, overridden by the sampled ones."""
@@ -103,7 +108,14 @@ def plan_sweep(sweep: Sweep, check_data: bool = True) -> SweepPlan:
     if problems:
         raise ConfigError(problems, source=sweep.source)
     plan = SweepPlan(sweep, trainer_cls, trainer, space, fixed)
+    problems = _check_enqueue(plan, check_data)
+    if problems:
+        raise ConfigError(problems, source=sweep.source)
     _check_sampler_and_pruner(plan)
+    if sweep.study.warm_start is not None:
+        from orchestrator.warm_start import read_warm_start
+
+        plan.warm_start = read_warm_start(sweep, space)
     return plan
 
 
@@ -198,3 +210,69 @@ def _check_space(trainer_cls: type[BaseTrainer], space: SearchSpace, fixed: dict
                     problems.append(f"search_space.{name}: value {value!r} is not allowed: {reasons[0]}")
                     break
     return problems
+
+
+def _check_enqueue(plan: SweepPlan, check_data: bool) -> list[str]:
+    """Each ``study.enqueue`` entry is a point of the search space the trainer takes, and no two are one."""
+    from orchestrator.first_trials import FirstTrial, configuration, value_problem
+
+    problems: list[str] = []
+    specs = plan.space.specs
+    chosen: list[FirstTrial] = []
+    for index, entry in enumerate(plan.sweep.study.enqueue):
+        key = f"study.enqueue[{index}]"
+        found = []
+        for name, value in entry.items():
+            spec = specs.get(str(name))
+            if spec is not None:
+                problem = value_problem(spec, value)
+                if problem is not None:
+                    found.append(f"{key}.{name}: {problem} (search_space.{name})")
+            elif name in plan.fixed_params:
+                found.append(
+                    f"{key}.{name}: fixed to {plan.fixed_params[name]!r} by the sweep file, not searched; "
+                    f"remove it here, or search it; searched: {', '.join(specs)}"
+                )
+            else:
+                found.append(
+                    f"{key}.{name}: not a parameter of the search space; searched: {', '.join(specs)}"
+                )
+        if found:
+            problems.extend(found)
+            continue
+        first = configuration(plan, key, entry)
+        for name in entry:
+            if name not in first.params and specs[name].when:
+                condition = " and ".join(
+                    f"{other} is one of {allowed}" for other, allowed in (specs[name].when or {}).items()
+                )
+                found.append(
+                    f"{key}.{name}: not used unless {condition} (search_space.{name}.when); remove it, "
+                    "or set that here"
+                )
+        found.extend(_check_point(plan, key, entry, {**plan.fixed_params, **first.params}, check_data))
+        earlier = next((other for other in chosen if other.same_configuration(first)), None)
+        if earlier is not None and not found:
+            found.append(f"{key}: the same configuration as {earlier.name}; remove one of them")
+        problems.extend(found)
+        chosen.append(first)
+    return problems
+
+
+def _check_point(
+    plan: SweepPlan, key: str, entry: dict[str, Any], params: dict[str, Any], check_data: bool
+) -> list[str]:
+    """What the trainer refuses in an enqueued configuration (its parameter model, then its own check)."""
+    try:
+        plan.trainer_cls.Params.model_validate(params)
+    except ValidationError as error:
+        return [
+            f"{key}.{line}" if line.split(":", 1)[0] in entry else f"{key}: {line}"
+            for line in describe_validation_error(error, plan.trainer_cls.Params)
+        ]
+    if not check_data:
+        return []
+    return [
+        f"{key}.{name}: {message}" if name in entry else f"{key}: {name}: {message}"
+        for name, message in plan.trainer.check_params(params).items()
+    ]

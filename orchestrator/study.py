@@ -33,6 +33,8 @@ PARAMS_ATTR = "all_params"
 EPOCHS_ATTR = "epochs"
 INTERRUPTED_ATTR = "interrupted"
 RERUN_OF_ATTR = "rerun_of"
+#: On a trial ``study.warm_start`` copied from an earlier study (never run here): ``{"study", "trial"}``.
+WARM_START_ATTR = "warm_start"
 
 
 def quiet_optuna() -> None:
@@ -317,15 +319,24 @@ def sweep_for_store(sweep: Sweep, opened: StoreLocation | None = None) -> Sweep:
     """The sweep as the study keeps it (and the MLflow parent run shows it): no password, no relative path.
 
     ``study.storage`` is the store actually opened (``opened``, else the sweep's own), masked;
-    ``tracking.mlflow_uri`` is kept as written when it refers to ``${NAME}``, else made absolute
-    and masked. A masked password is not kept anywhere: ``resume`` takes it from ``--storage``,
-    ``$FTSWEEP_STORAGE`` / ``$MLFLOW_TRACKING_URI``, ``PGPASSWORD`` / ``~/.pgpass``.
+    ``tracking.mlflow_uri`` and ``study.warm_start.storage`` are kept as written when they refer to
+    ``${NAME}``, else made absolute and masked. A masked password is not kept anywhere: ``resume``
+    takes it from ``--storage``, ``$FTSWEEP_STORAGE`` / ``$MLFLOW_TRACKING_URI``, ``PGPASSWORD`` /
+    ``~/.pgpass``.
     """
     raw = copy.deepcopy(sweep.raw)
     location = opened or sweep.store
     raw["study"] = {**raw.get("study", {}), "storage": location.display}
     tracking = raw.get("tracking", {})
     raw["tracking"] = {**tracking, "mlflow_uri": stored_form(tracking.get("mlflow_uri"), sweep.tracking_uri)}
+    warm_start = raw["study"].get("warm_start")
+    if isinstance(warm_start, dict) and isinstance(warm_start.get("storage"), str):
+        given = warm_start["storage"]
+        try:
+            resolved = StoreLocation.resolve(given, key="study.warm_start.storage").url
+        except ConfigError:
+            resolved = given
+        raw["study"]["warm_start"] = {**warm_start, "storage": stored_form(given, resolved)}
     return validate_sweep(raw, base_dir=sweep.base_dir, source=sweep.source)
 
 
@@ -421,13 +432,21 @@ def counts_toward_budget(trial: optuna.trial.FrozenTrial) -> bool:
     """A finished trial that uses up budget: complete, pruned, or failed on its own account.
 
     A trial failed because its process was interrupted (a killed driver, Ctrl-C) is re-run,
-    and only the re-run counts.
+    and only the re-run counts. A trial ``study.warm_start`` copied from an earlier study never ran
+    here: the budget counts the trials this study ran.
     """
     from optuna.trial import TrialState
 
+    if is_warm_started(trial):
+        return False
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
     return trial.state == TrialState.FAIL and not trial.user_attrs.get(INTERRUPTED_ATTR)
+
+
+def is_warm_started(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether ``study.warm_start`` copied the trial from an earlier study (it never ran in this one)."""
+    return bool(trial.user_attrs.get(WARM_START_ATTR))
 
 
 def _version() -> str:
