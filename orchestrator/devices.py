@@ -43,7 +43,7 @@ class Slot:
     @property
     def label(self) -> str:
         if not self.gpu_ids:
-            return f"cpu ({self.n_threads} threads)"
+            return f"cpu ({self.n_threads} thread{'' if self.n_threads == 1 else 's'})"
         shared = f", shared by {self.share}" if self.share > 1 else ""
         return f"gpu {','.join(self.gpu_ids)}{shared}"
 

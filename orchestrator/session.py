@@ -308,12 +308,16 @@ class StudySession:
             self._continue_from(handle, rerun_of)
         self.in_flight[trial.number] = handle
         self.progress.running = len(self.in_flight)
+        self.progress.trial_started(
+            handle.number, device, self.plan.trainer.max_epochs(params), epoch=handle.epochs
+        )
         return handle
 
     def set_device(self, handle: TrialHandle, device: str) -> None:
         """Where the trial really runs, once the backend knows (Ray places trials after they start)."""
         handle.device = device
         handle.trial.set_user_attr(DEVICE_ATTR, device)
+        self.progress.trial_device(handle.number, device)
         if self.tracker and handle.run is not None:
             self.tracker.set_device(handle.run, device)
 
@@ -321,6 +325,7 @@ class StudySession:
         """Drop a trial another process has already finished (it declared this one's owner dead)."""
         self.in_flight.pop(handle.number, None)
         self.progress.running = len(self.in_flight)
+        self.progress.trial_left(handle.number)
         self.progress.say(f"trial {handle.number}: {why}; stopping it here")
 
     def _continue_from(self, handle: TrialHandle, number: int) -> None:
@@ -344,6 +349,7 @@ class StudySession:
         """
         handle.epochs = max(handle.epochs, epoch)
         handle.last_metrics = metrics
+        self.progress.epoch_reported(handle.number, epoch, metrics)
         self._attach_run_id(handle)
         if epoch in handle.known_epochs:
             return handle.trial.should_prune()
@@ -470,7 +476,8 @@ class StudySession:
         if self.max_failures is not None and self._failed >= self.max_failures:
             self.request_stop(
                 StopReason.MAX_FAILURES,
-                f"{self._failed} trials failed (study.max_failures is {self.max_failures}); "
+                f"{self._failed} trial{'' if self._failed == 1 else 's'} failed "
+                f"(study.max_failures is {self.max_failures}); "
                 f"first error: {self.first_error}",
             )
 
@@ -491,6 +498,7 @@ class StudySession:
         self.n_interrupted += 1
         self.in_flight.pop(handle.number, None)
         self.progress.running = len(self.in_flight)
+        self.progress.trial_left(handle.number)
         if self.tracker and handle.run is not None:
             self.tracker.end_trial(handle.run, "INTERRUPTED", reason=reason)
         self.progress.say(

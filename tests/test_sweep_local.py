@@ -26,7 +26,7 @@ def test_four_trials_two_workers_leave_four_trials_and_four_child_runs(tmp_path:
     study = load(tmp_path, "four")
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
     assert all(sorted(t.intermediate_values) == [1, 2, 3] for t in study.trials)
-    assert {t.user_attrs["device"] for t in study.trials} == {"cpu (1 threads)"}
+    assert {t.user_attrs["device"] for t in study.trials} == {"cpu (1 thread)"}
 
     parents, children, client = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "four")
     assert len(parents) == 1 and len(children) == 4
