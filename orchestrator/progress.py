@@ -32,11 +32,6 @@ def _clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def plural(n: int, word: str) -> str:
-    """``1 trial``, ``2 trials``, ``0 trials``."""
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
 def _fill(phrases: list[str], width: int) -> list[str]:
     """Phrases joined by ", " into as few lines of at most ``width`` as they fit (a longer phrase is cut
     by the caller)."""

@@ -156,12 +156,11 @@ def test_interrupted_and_finished_trials_leave_the_table(clock: _Clock):
 def test_the_wording_is_singular_for_one():
     from orchestrator.devices import Slot
 
-    assert (
-        progress_module.plural(1, "trial") == "1 trial" and progress_module.plural(2, "trial") == "2 trials"
-    )
     assert Slot(0, (), 1).label == "cpu (1 thread)" and Slot(0, (), 4).label == "cpu (4 threads)"
     one = Progress(study_name="one", metric="score", budget=1, live=False)
     assert one.counts_line() == "one: 0/1 trial done, 0 running, 0 pruned, 0 failed"
+    two = Progress(study_name="two", metric="score", budget=2, live=False)
+    assert two.counts_line() == "two: 0/2 trials done, 0 running, 0 pruned, 0 failed"
 
 
 @pytest.mark.parametrize("width", [80, 60, 40, 30])
