@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 from torch import nn
@@ -19,18 +17,15 @@ from transformers import (
 from trainers.regularization import (
     L2SP,
     add_l1_gradient,
-    augment,
     class_weights,
-    find_encoder_blocks,
+    find_blocks,
     freeze,
     l1_penalty,
     parameter_groups,
     pretrained_parameters,
     set_config_dropout,
     set_dropout,
-    token_dropout,
     train_mode,
-    word_swap,
 )
 
 LAYERS = 2
@@ -81,7 +76,7 @@ def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
 
 
-# ---- encoder discovery --------------------------------------------------------------------
+# ---- finding the blocks of any model -----------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -92,15 +87,104 @@ def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
         (distilbert, "distilbert.embeddings", "distilbert.transformer.layer"),
     ],
 )
-def test_find_encoder_blocks(build, embeddings: str, blocks: str) -> None:
+def test_find_blocks_of_encoders(build, embeddings: str, blocks: str) -> None:
     model = build()
-    found_embeddings, found_blocks = find_encoder_blocks(model)
+    found_embeddings, found_blocks = find_blocks(model)
     assert found_embeddings is model.get_submodule(embeddings)
     assert found_blocks == list(model.get_submodule(blocks))
     assert len(found_blocks) == model.config.num_hidden_layers
 
 
-def test_find_encoder_blocks_fallback() -> None:
+def vit() -> nn.Module:
+    from transformers import ViTConfig, ViTForImageClassification
+
+    config = ViTConfig(
+        image_size=16,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=2,
+    )
+    return ViTForImageClassification(config)
+
+
+def resnet() -> nn.Module:
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    config = ResNetConfig(
+        embedding_size=8, hidden_sizes=[8, 16, 16], depths=[1, 1, 1], layer_type="basic", num_labels=2
+    )
+    return ResNetForImageClassification(config)
+
+
+def swin() -> nn.Module:
+    from transformers import SwinConfig, SwinForImageClassification
+
+    config = SwinConfig(
+        image_size=16, patch_size=2, embed_dim=8, depths=[1, 1], num_heads=[1, 2], window_size=2, num_labels=2
+    )
+    return SwinForImageClassification(config)
+
+
+def convnext() -> nn.Module:
+    from transformers import ConvNextConfig, ConvNextForImageClassification
+
+    config = ConvNextConfig(num_stages=2, hidden_sizes=[8, 16], depths=[1, 1], num_labels=2)
+    return ConvNextForImageClassification(config)
+
+
+def gpt2() -> nn.Module:
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    config = GPT2Config(n_embd=16, n_layer=LAYERS, n_head=2, vocab_size=60, n_positions=16, num_labels=2)
+    return GPT2ForSequenceClassification(config)
+
+
+@pytest.mark.parametrize(
+    ("build", "stem", "blocks", "n_blocks"),
+    [
+        # transformers 5 keeps ViT's layers on the model itself, 4.x under encoder.layer
+        (vit, "vit.embeddings", "vit.layers|vit.encoder.layer", LAYERS),
+        (resnet, "resnet.embedder", "resnet.encoder.stages", 3),
+        (swin, "swin.embeddings", "swin.encoder.layers", 2),
+        (convnext, "convnext.embeddings", "convnext.encoder.stages", 2),
+    ],
+)
+def test_find_blocks_of_vision_models(build, stem: str, blocks: str, n_blocks: int) -> None:
+    model = build()
+    found_stem, found_blocks = find_blocks(model)
+    assert found_stem is model.get_submodule(stem)
+    names = dict(model.named_modules())
+    blocks = next(path for path in blocks.split("|") if path in names)
+    assert found_blocks == list(model.get_submodule(blocks))
+    assert len(found_blocks) == n_blocks
+
+
+def test_find_blocks_of_a_decoder() -> None:
+    model = gpt2()
+    stem, blocks = find_blocks(model)
+    assert blocks == list(model.transformer.h)
+    assert list(stem) == [model.transformer.wte, model.transformer.wpe]
+
+
+@pytest.mark.parametrize("build", [vit, resnet])
+def test_freezing_and_layerwise_rates_work_on_image_models(build) -> None:
+    model = build()
+    stem, blocks = find_blocks(model)
+    frozen = freeze(model, 1)
+    assert frozen == [stem, blocks[0]]
+    assert not any(p.requires_grad for module in frozen for p in module.parameters())
+    assert all(p.requires_grad for p in blocks[1].parameters())
+    groups = parameter_groups(model, 0.01, 1e-3, layerwise_lr_decay=0.5, head_learning_rate=1e-2)
+    rates = {group["name"].split("/")[0]: group["lr"] for group in groups}
+    assert rates["head"] == 1e-2
+    # The lowest trainable block sits len(blocks) - 1 below the head.
+    assert rates[f"depth{len(blocks) - 1}"] == pytest.approx(1e-3 * 0.5 ** (len(blocks) - 1))
+
+
+def test_find_blocks_fallback_and_error() -> None:
     class Encoder(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -109,9 +193,11 @@ def test_find_encoder_blocks_fallback() -> None:
             self.config = type("Config", (), {"num_hidden_layers": 3})()
 
     model = Encoder()
-    assert find_encoder_blocks(model) == (model.embeddings, list(model.stack))
-    with pytest.raises(ValueError, match="cannot find the encoder layers"):
-        find_encoder_blocks(nn.Linear(2, 2))
+    assert find_blocks(model) == (model.embeddings, list(model.stack))
+    with pytest.raises(
+        ValueError, match=r"cannot find the blocks \(layers or stages\) of Linear: looked for"
+    ):
+        find_blocks(nn.Linear(2, 2))
 
 
 # ---- freezing -----------------------------------------------------------------------------
@@ -142,7 +228,9 @@ def test_frozen_modules_stay_in_eval_mode() -> None:
 
 def test_freeze_depth_out_of_range() -> None:
     with pytest.raises(
-        ValueError, match=r"freeze_depth 3 is out of range .* 2 encoder layers; allowed: 0 to 2"
+        ValueError,
+        match=r"freeze_depth 3 is out of range for a BertForSequenceClassification with 2 blocks; "
+        r"allowed: 0 to 2",
     ):
         freeze(bert(), LAYERS + 1)
 
@@ -317,37 +405,3 @@ def test_class_weights_change_the_loss_on_an_imbalanced_batch() -> None:
     )
     # The misclassified minority example weighs more, so the loss rises.
     assert weighted.item() > plain.item() + 0.1
-
-
-# ---- augmentation -------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("kind", ["token_dropout", "word_swap"])
-def test_augmentation_keeps_special_tokens_and_is_seeded(kind: str) -> None:
-    sequences = [[CLS, *range(10, 10 + n), SEP] for n in (1, 2, 5, 12)] + [
-        [CLS, 11, 12, SEP, 13, 14, SEP, PAD]
-    ]
-    out = augment(sequences, kind, 0.5, SPECIAL, random.Random(7))
-    for original, changed in zip(sequences, out, strict=True):
-        specials = [(i, t) for i, t in enumerate(original) if t in SPECIAL]
-        kept = [(i, t) for i, t in enumerate(changed) if t in SPECIAL]
-        assert [t for _, t in kept] == [t for _, t in specials]
-        if kind == "word_swap":
-            assert kept == specials  # special tokens never move
-            assert sorted(changed) == sorted(original)
-        assert changed[0] == CLS
-    assert augment(sequences, kind, 0.5, SPECIAL, random.Random(7)) == out
-    assert augment(sequences, kind, 0.5, SPECIAL, random.Random(8)) != out
-    assert augment(sequences, kind, 0.0, SPECIAL, random.Random(7)) == sequences
-
-
-def test_token_dropout_drops_about_p_and_never_everything() -> None:
-    rng = random.Random(0)
-    ids = [CLS, *range(10, 1010), SEP]
-    dropped = len(ids) - len(token_dropout(ids, 0.3, SPECIAL, rng))
-    assert 250 < dropped < 350
-    assert token_dropout([CLS, 10, SEP], 0.99, SPECIAL, random.Random(1)) == [CLS, 10, SEP]
-
-
-def test_word_swap_swaps_neighbours() -> None:
-    assert word_swap([CLS, 10, 11, SEP], 0.999, SPECIAL, random.Random(0)) == [CLS, 11, 10, SEP]

@@ -1,16 +1,16 @@
-"""Regularization knobs for fine-tuning an encoder classifier, each a small function.
+"""Regularization knobs for fine-tuning any ``nn.Module``, each a small function.
 
-Weight decay groups, layer-wise learning-rate decay, freezing the lower layers, dropout, L1
-and L2-SP penalties, class weights and token-level augmentation. The trainer composes them;
-each is tested on its own in ``tests/test_regularization.py``.
+Weight decay groups, layer-wise learning-rate decay, freezing the lower blocks, dropout, L1
+and L2-SP penalties and class weights. Recipes and the epoch engine compose them; each is
+tested on its own in ``tests/test_regularization.py``. (Token-level augmentation is the text
+recipe's: :mod:`trainers.text_augmentation`.)
 
-The encoder is found generically (:func:`find_encoder_blocks`), so the knobs work for BERT,
-RoBERTa, MiniLM, ELECTRA, DistilBERT and most other encoder families without a per-model table.
+A model's blocks are found by one function, :func:`find_blocks`: encoder layers of BERT-like
+models, stages of ViT / Swin / ConvNeXt / ResNet, decoder layers; no per-model table.
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -24,19 +24,34 @@ _ATTENTION_PROJECTIONS = frozenset({"query", "q", "q_lin", "q_proj", "query_proj
 
 
 # --------------------------------------------------------------------------------------------
-# Finding the encoder
+# Finding the blocks
 # --------------------------------------------------------------------------------------------
 
+#: Where models keep their stack of blocks, below ``model.base_model``: (parent, child) attribute
+#: names, the first that is an ``nn.ModuleList`` wins. ``""`` as parent means the base model itself.
+_BLOCK_LISTS = (
+    ("encoder", "layer"),  # BERT, RoBERTa, MiniLM, ELECTRA, DeBERTa, ViT, DeiT
+    ("transformer", "layer"),  # DistilBERT
+    ("encoder", "layers"),  # Swin (its stages), BART-like encoders
+    ("encoder", "stages"),  # ConvNeXt, ResNet, RegNet
+    ("", "layers"),  # Llama, Mistral, Qwen (decoder layers)
+    ("", "h"),  # GPT-2, GPT-Neo, Falcon (decoder layers)
+    ("decoder", "layers"),  # OPT
+)
 
-def find_encoder_blocks(model: nn.Module) -> tuple[nn.Module, list[nn.Module]]:
-    """The embeddings module and the encoder's blocks, bottom first.
 
-    Looks in ``model.base_model`` for ``encoder.layer`` (BERT, RoBERTa, MiniLM, ELECTRA,
-    DeBERTa), then ``transformer.layer`` (DistilBERT), then the first ``nn.ModuleList`` whose
-    length is ``config.num_hidden_layers``.
+def find_blocks(model: nn.Module) -> tuple[nn.Module, list[nn.Module]]:
+    """The stem (embeddings) and the stack of blocks of any model, bottom first.
+
+    The one function freezing (:func:`freeze`), layer-wise learning rates (:func:`layer_depths`) and
+    the feature cache find a model's depth with. Blocks are the encoder layers of BERT-like models,
+    the stages of ViT / Swin / ConvNeXt / ResNet, or the decoder layers of GPT-like models; the stem
+    is what comes before them (``embeddings``, ResNet's ``embedder``, token and position embeddings).
+    Looks in ``model.base_model`` for the attribute paths of :data:`_BLOCK_LISTS`, then for the
+    first ``nn.ModuleList`` whose length is ``config.num_hidden_layers``.
 
     Raises:
-        ValueError: when no such blocks or no embeddings are found.
+        ValueError: naming the model class, when it has no such blocks or no stem before them.
     """
     base = getattr(model, "base_model", model)
     blocks = _named_block_list(base)
@@ -51,28 +66,41 @@ def find_encoder_blocks(model: nn.Module) -> tuple[nn.Module, list[nn.Module]]:
             None,
         )
     if blocks is None:
-        raise ValueError(f"cannot find the encoder layers of {type(model).__name__}")
-    return _embeddings_of(base, model), list(blocks)
+        places = ", ".join(".".join(filter(None, pair)) for pair in _BLOCK_LISTS)
+        raise ValueError(
+            f"cannot find the blocks (layers or stages) of {type(model).__name__}: looked for {places} "
+            "and a list of config.num_hidden_layers modules; freeze_depth and layerwise_lr_decay need them "
+            "(leave both at their defaults for this model)"
+        )
+    return _stem_of(base, model), list(blocks)
+
+
+#: The name :mod:`trainers.feature_cache` knows :func:`find_blocks` by (it predates image models).
+find_encoder_blocks = find_blocks
 
 
 def _named_block_list(base: nn.Module) -> nn.ModuleList | None:
-    for parent, child in (("encoder", "layer"), ("transformer", "layer"), ("encoder", "layers")):
-        candidate = getattr(getattr(base, parent, None), child, None)
+    for parent, child in _BLOCK_LISTS:
+        owner = getattr(base, parent, None) if parent else base
+        candidate = getattr(owner, child, None)
         if isinstance(candidate, nn.ModuleList):
             return candidate
     return None
 
 
-def _embeddings_of(base: nn.Module, model: nn.Module) -> nn.Module:
+def _stem_of(base: nn.Module, model: nn.Module) -> nn.Module:
     embeddings = getattr(base, "embeddings", None)
     if isinstance(embeddings, nn.Module):
         return embeddings
-    # E.g. GPT-2 keeps token and position embeddings as separate children: group them.
+    # E.g. GPT-2 keeps token and position embeddings as separate children: group them; ResNet's
+    # stem is its "embedder".
     found = [
         module for name, module in base.named_children() if "embed" in name.lower() or name in ("wte", "wpe")
     ]
     if not found:
-        raise ValueError(f"cannot find the embeddings of {type(model).__name__}")
+        raise ValueError(
+            f"cannot find the embeddings (the stem before the first block) of {type(model).__name__}"
+        )
     return found[0] if len(found) == 1 else nn.ModuleList(found)
 
 
@@ -106,7 +134,7 @@ def layer_depths(model: nn.Module) -> dict[str, int]:
     The head (and anything above the encoder, such as a pooler) is 0, encoder block ``i`` of
     ``L`` (counting from 0 at the bottom) is ``L - i``, the embeddings ``L + 1``.
     """
-    embeddings, blocks = find_encoder_blocks(model)
+    embeddings, blocks = find_blocks(model)
     count = len(blocks)
     owners = {id(embeddings): count + 1, **{id(block): count - index for index, block in enumerate(blocks)}}
     prefixes: list[tuple[str, int]] = []
@@ -183,10 +211,10 @@ def freeze(model: nn.Module, depth: int) -> list[nn.Module]:
     Raises:
         ValueError: when ``depth`` is negative or more than the model's number of blocks.
     """
-    embeddings, blocks = find_encoder_blocks(model)
+    embeddings, blocks = find_blocks(model)
     if not 0 <= depth <= len(blocks):
         raise ValueError(
-            f"freeze_depth {depth} is out of range for a model with {len(blocks)} encoder layers; "
+            f"freeze_depth {depth} is out of range for a {type(model).__name__} with {len(blocks)} blocks; "
             f"allowed: 0 to {len(blocks)}"
         )
     if depth == 0:
@@ -400,54 +428,3 @@ def class_weights(label_ids: Sequence[int], n_classes: int, mode: str) -> torch.
         raise ValueError(f"class_weights: unknown mode {mode!r}; allowed: none, balanced")
     counts = torch.bincount(torch.as_tensor(list(label_ids), dtype=torch.long), minlength=n_classes).float()
     return len(label_ids) / (n_classes * counts.clamp(min=1.0))
-
-
-# --------------------------------------------------------------------------------------------
-# Token-level augmentation
-# --------------------------------------------------------------------------------------------
-
-
-def token_dropout(
-    ids: Sequence[int], p: float, special_ids: set[int] | frozenset[int], rng: random.Random
-) -> list[int]:
-    """Drop each non-special token with probability ``p``; special tokens always stay.
-
-    A sequence that would lose every ordinary token comes back unchanged: an example with no
-    content left would only teach the model its label prior.
-    """
-    kept = [token for token in ids if token in special_ids or rng.random() >= p]
-    if any(token not in special_ids for token in ids) and all(token in special_ids for token in kept):
-        return list(ids)
-    return kept
-
-
-def word_swap(
-    ids: Sequence[int], p: float, special_ids: set[int] | frozenset[int], rng: random.Random
-) -> list[int]:
-    """Swap adjacent non-special tokens, each pair with probability ``p``; special tokens never move."""
-    out = list(ids)
-    index = 0
-    while index < len(out) - 1:
-        if out[index] not in special_ids and out[index + 1] not in special_ids and rng.random() < p:
-            out[index], out[index + 1] = out[index + 1], out[index]
-            index += 2  # a token moves at most once
-        else:
-            index += 1
-    return out
-
-
-AUGMENTATIONS = {"token_dropout": token_dropout, "word_swap": word_swap}
-
-
-def augment(
-    sequences: Sequence[Sequence[int]],
-    kind: str,
-    p: float,
-    special_ids: set[int] | frozenset[int],
-    rng: random.Random,
-) -> list[list[int]]:
-    """Apply augmentation ``kind`` (``none``, ``token_dropout`` or ``word_swap``) to each sequence."""
-    if kind == "none" or p <= 0:
-        return [list(ids) for ids in sequences]
-    function = AUGMENTATIONS[kind]
-    return [function(ids, p, special_ids, rng) for ids in sequences]
