@@ -186,6 +186,18 @@ def build_parser() -> argparse.ArgumentParser:
     best.add_argument("--name", help="the study name in the --as-sweep file (default: NAME-best)")
     best.set_defaults(handler=cmd_best)
 
+    report = verbs.add_parser(
+        "report",
+        help="the sweep as one HTML page (and a PNG per figure), logged to the study's MLflow run",
+    )
+    report.add_argument("study_name")
+    _add_storage(report)
+    report.add_argument(
+        "--out", metavar="FILE", help="the HTML file (default: ftsweep-runs/NAME/report/report.html)"
+    )
+    report.add_argument("--background", action="store_true", help=argparse.SUPPRESS)
+    report.set_defaults(handler=cmd_report)
+
     _add_final_verbs(verbs)
     _add_study_verbs(verbs)
 
@@ -358,6 +370,23 @@ def cmd_best(args: argparse.Namespace) -> int:
         return _write_best_sweep(study, args)
     params = best_trainer_params(study) if args.format == "yaml" else None
     print(format_best(summary, args.format, params))
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from orchestrator.report_build import write_report
+
+    out = Path(args.out) if args.out else None
+    files = write_report(_location(args), args.study_name, out, only_if_kept=args.background)
+    if files is None:
+        print(f"report: the folder of study {args.study_name!r} is gone; nothing written", file=sys.stderr)
+        return EXIT_OK
+    for warning in files.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"report: {files.html}")
+    print(f"figures: {files.pngs[0].parent} ({len(files.pngs)} PNG files)")
+    if files.logged_to:
+        print(f"logged to MLflow run {files.logged_to} under report/")
     return EXIT_OK
 
 

@@ -189,6 +189,9 @@ def _final(
     for fit in fits:  # the other fits' models are not needed any more (their predictions stay)
         if fit.label != f"tuned-seed{report['exported_seed']}":
             shutil.rmtree(work / "fits" / fit.label / "model", ignore_errors=True)
+    from orchestrator.report_build import announce, start_in_background
+
+    announce(start_in_background(location, options.study_name), say)  # the sweep report, with the final
     return FinalOutcome(report, reused=False)
 
 

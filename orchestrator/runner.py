@@ -196,7 +196,9 @@ def _run_session(
     live: bool | None,
     *,
     location: StoreLocation,
+    make_report: bool = True,
 ) -> RunOutcome:
+    """Run the study's session to its budget, then start its report (:mod:`orchestrator.report_build`)."""
     sweep = plan.sweep
     shared = location.shared
     work_dir = study_work_dir(location, sweep.study.name)
@@ -245,6 +247,10 @@ def _run_session(
     finally:
         # The one driver of a SQLite study closes any child run no live trial holds (a killed driver's).
         errors = tracker.close(status, close_orphans=not shared) if tracker is not None else []
+    if make_report:
+        from orchestrator.report_build import announce, start_in_background
+
+        announce(start_in_background(location, sweep.study.name), progress.say)
     return RunOutcome(
         sweep.study.name, location, session.result(), budget, session.n_counted, errors, work_dir
     )
@@ -411,7 +417,15 @@ def _resume_study(
     sampler = make_sampler(sweep, plan.space, concurrency(sweep, slots), seed_offset=len(study.trials))
     study = load_study(study_name, storage, sampler=sampler, pruner=make_pruner(sweep, plan.max_epochs))
     return _run_session(
-        plan, study, tracker, slots, budget, timeout or sweep.study.timeout, live, location=location
+        plan,
+        study,
+        tracker,
+        slots,
+        budget,
+        timeout or sweep.study.timeout,
+        live,
+        location=location,
+        make_report=not as_worker,  # one report per study, by its driver, not one per worker machine
     )
 
 
