@@ -15,16 +15,22 @@ if TYPE_CHECKING:
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The best complete trial; among trials tied on the best value, the lowest-numbered one.
+    """The best complete trial this study ran; among trials tied on the best value, the lowest-numbered one.
 
-    Optuna's own ``study.best_trial`` leaves the order of ties to the database. The study session
-    keeps the checkpoint of the trial this names.
+    Optuna's own ``study.best_trial`` leaves the order of ties to the database, and counts the trials
+    ``study.warm_start`` copied from an earlier study (known to the sampler, never run here: no
+    checkpoint, nothing ``final`` could refit). The study session keeps the checkpoint of the trial
+    this names.
     """
     from optuna.study import StudyDirection
     from optuna.trial import TrialState
 
+    from orchestrator.study import is_warm_started
+
     complete = [
-        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.value is not None and not is_warm_started(t)
     ]
     if not complete:
         return None

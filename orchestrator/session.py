@@ -40,6 +40,7 @@ from orchestrator.study import (
     RERUN_OF_ATTR,
     RUN_ID_ATTR,
     counts_toward_budget,
+    is_warm_started,
 )
 
 if TYPE_CHECKING:
@@ -191,6 +192,7 @@ class StudySession:
             if (
                 trial.state == TrialState.COMPLETE
                 and trial.value is not None
+                and not is_warm_started(trial)  # the best (and its checkpoint) is one this study ran
                 and self._better(trial.value, trial.number)
             ):
                 self.best_value, self.best_trial = trial.value, trial.number

@@ -181,6 +181,10 @@ def test_a_warm_started_study_starts_from_the_earlier_trials_once(tmp_path: Path
     assert [trial.value for trial in complete[:2]] == [0.9, 0.8]
     assert not complete[2].user_attrs.get("warm_start")
 
+    # ftsweep's best is the best trial this study ran, although the earlier ones scored higher.
+    best = run_cli(["best", "warm"], cwd=tmp_path)
+    assert best.returncode == 0 and "best trial 2," in best.stdout, best.stdout
+
     status = run_cli(["status", "warm"], cwd=tmp_path)
     assert status.returncode == 0 and "warm start: trial 0 of study 'earlier'" in status.stdout
 
