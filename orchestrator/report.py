@@ -7,7 +7,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import StudyNotFound
-from orchestrator.study import EPOCHS_ATTR, RUN_ID_ATTR, SWEEP_ATTR, stored_sweep
+from orchestrator.study import EPOCHS_ATTR, RUN_ID_ATTR, stored_sweep, sweep_record
 
 if TYPE_CHECKING:
     import optuna
@@ -89,7 +89,7 @@ def best_trainer_params(study: optuna.Study) -> dict[str, Any]:
     """
     summary = best_summary(study)
     assert summary is not None
-    stored = study.user_attrs[SWEEP_ATTR]["sweep"]
+    stored = (sweep_record(study) or {})["sweep"]
     fixed = dict((stored.get("trainer") or {}).get("params") or {})
     return {**fixed, **{key: summary["params"][key] for key in summary["sampled"]}}
 
@@ -106,7 +106,7 @@ def best_as_sweep(study: optuna.Study, new_name: str | None = None) -> tuple[dic
     import copy
 
     params = best_trainer_params(study)
-    raw = copy.deepcopy(study.user_attrs[SWEEP_ATTR]["sweep"])
+    raw = copy.deepcopy((sweep_record(study) or {})["sweep"])
     summary = best_summary(study)
     assert summary is not None
     name = new_name or f"{study.study_name}-best"

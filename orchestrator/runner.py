@@ -351,7 +351,14 @@ def _resume_study(
     from orchestrator.config import load_sweep
     from orchestrator.errors import UserError
     from orchestrator.recovery import budget_lock, recover
-    from orchestrator.study import SWEEP_ATTR, load_study, open_existing_storage, store_move, stored_sweep
+    from orchestrator.study import (
+        load_study,
+        open_existing_storage,
+        save_sweep_record,
+        store_move,
+        stored_sweep,
+        sweep_record,
+    )
 
     # The store actually opened decides everything else: the work folder, checkpoints, hints, and
     # (for a moved or copied SQLite store) where its MLflow file is; see study.rebase_on_store.
@@ -364,7 +371,7 @@ def _resume_study(
         )
     storage = open_existing_storage(location, study_name)
     study = load_study(study_name, storage)
-    move = store_move(study.user_attrs.get(SWEEP_ATTR, {}).get("sweep", {}), location)
+    move = store_move((sweep_record(study) or {}).get("sweep", {}), location)
     sweep = stored_sweep(study, location)
     # Before anything is changed or recovered: a running driver's trials are not "interrupted".
     held.enter_context(_one_driver(sweep, location))
@@ -394,15 +401,13 @@ def _resume_study(
     plan = plan_sweep(candidate)  # checked before anything is stored
     tracking = _check_tracking(candidate)
     sweep = candidate
+    # A new sweep file, a store reached at a new URL, a new --n-trials, or a study an earlier ftsweep made.
     record = sweep_for_store(sweep, location).to_stored()
-    if record != study.user_attrs.get(SWEEP_ATTR):  # a new sweep file, or the store was reached at a new URL
-        study.set_user_attr(SWEEP_ATTR, record)
+    if n_trials and n_trials != sweep.study.n_trials:
+        record["sweep"].setdefault("study", {})["n_trials"] = n_trials
+    save_sweep_record(study, record)
     slots = worker_slots(sweep, workers)
     budget = effective_budget(plan, n_trials or sweep.study.n_trials)
-    if n_trials and n_trials != sweep.study.n_trials:
-        stored = study.user_attrs[SWEEP_ATTR]
-        stored["sweep"].setdefault("study", {})["n_trials"] = n_trials
-        study.set_user_attr(SWEEP_ATTR, stored)
     if not as_worker:
         source = "--n-trials" if n_trials else "the budget stored with the study"
         print(f"resuming study {study_name!r} to {_trials(budget)} ({source})", file=sys.stderr)

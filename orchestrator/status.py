@@ -109,12 +109,10 @@ def _read(
         raise StudyNotFound(
             f"no study {study_name!r} in {where}; studies there: {', '.join(names) or 'none'}"
         )
+    from orchestrator.study import sweep_records
+
     key = {"s": study_id}
-    stored = connection.execute(
-        text("SELECT value_json FROM study_user_attributes WHERE study_id = :s AND key = 'ftsweep:sweep'"),
-        key,
-    ).scalar()
-    sweep = json.loads(stored)["sweep"] if stored else {}
+    sweep = sweep_records(connection, study_id).get(study_id, {}).get("sweep", {})
     study_section = sweep.get("study", {})
     direction = study_section.get("direction", "maximize")
     counts: Counter[str] = Counter(

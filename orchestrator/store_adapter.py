@@ -2,8 +2,9 @@
 
 ftsweep drives Optuna with ask/tell and keeps its own heartbeats (Optuna's run only inside
 ``optimize()``, optuna#3293), so it needs a few things Optuna does not export: the study's
-storage and id, a trial's id, the RDB storage under Optuna's cache, and the stale-heartbeat
-query. It also tunes MLflow's SQLite engine (write-ahead logging), which MLflow keeps on its
+storage and id (and through them the study's system attributes, where the sweep record is kept,
+and the removal of a user attribute), a trial's id, the RDB storage under Optuna's cache, and the
+stale-heartbeat query. It also tunes MLflow's SQLite engine (write-ahead logging), which MLflow keeps on its
 tracking store. Nothing else in ftsweep names a private attribute of either library: when an
 upgrade moves one, this module (and ``tests/test_store_adapter.py``) is the one place to fix.
 
@@ -32,14 +33,17 @@ __all__ = [
     "StoreAdapterError",
     "check_mlflow",
     "check_optuna",
+    "delete_study_user_attr",
     "mlflow_engine",
     "move_artifact_locations",
     "rdb_storage",
     "record_heartbeats",
+    "set_study_system_attr",
     "stale_trial_ids",
     "study_id",
     "stored_trial",
     "study_storage",
+    "study_system_attrs",
     "trial_by_number",
     "trial_id",
 ]
@@ -106,6 +110,32 @@ def stored_trial(
 ) -> optuna.trial.FrozenTrial:
     """``trial`` as the storage holds it now (its state and attributes after ``tell``)."""
     return study_storage(study).get_trial(trial_id(trial))
+
+
+def study_system_attrs(study: optuna.Study) -> dict[str, Any]:
+    """The study's system attributes, read through its storage (Optuna 5 has no ``Study.system_attrs``)."""
+    return dict(study_storage(study).get_study_system_attrs(study_id(study)))
+
+
+def set_study_system_attr(study: optuna.Study, key: str, value: Any) -> None:
+    """Set one system attribute of the study (a JSON value), through its storage."""
+    study_storage(study).set_study_system_attr(study_id(study), key, value)
+
+
+def delete_study_user_attr(study: optuna.Study, key: str) -> None:
+    """Remove one user attribute of the study.
+
+    Optuna has no call for it, so this is one ``DELETE`` on the tested version's
+    ``study_user_attributes`` table (Optuna keeps no copy of a study's user attributes in its cache).
+    """
+    import sqlalchemy
+
+    engine = _require(rdb_storage(study), "engine", "optuna", TESTED_OPTUNA, "RDBStorage")
+    with engine.begin() as connection:
+        connection.execute(
+            sqlalchemy.text("DELETE FROM study_user_attributes WHERE study_id = :s AND key = :k"),
+            {"s": study_id(study), "k": key},
+        )
 
 
 def rdb_storage(storage_or_study: Any) -> Any:

@@ -9,7 +9,6 @@ stops halfway can be run again.
 from __future__ import annotations
 
 import datetime
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +67,8 @@ def list_studies(location: StoreLocation) -> list[StudyRow]:
 
 
 def _read(connection: Any, text: Any) -> list[StudyRow]:
+    from orchestrator.study import sweep_records
+
     names = dict(connection.execute(text("SELECT study_id, study_name FROM studies")).all())
     directions = {
         study_id: str(direction).upper().endswith("MAXIMIZE")
@@ -108,12 +109,7 @@ def _read(connection: Any, text: Any) -> list[StudyRow]:
     ):
         moments = [moment for moment in (_when(started), _when(completed)) if moment is not None]
         last[study_id] = max(moments, default=None)
-    sweeps = {
-        study_id: json.loads(value).get("sweep", {})
-        for study_id, value in connection.execute(
-            text("SELECT study_id, value_json FROM study_user_attributes WHERE key = 'ftsweep:sweep'")
-        )
-    }
+    sweeps = {study_id: record.get("sweep", {}) for study_id, record in sweep_records(connection).items()}
     rows = []
     for study_id, name in names.items():
         section = sweeps.get(study_id, {}).get("study", {})

@@ -1,9 +1,9 @@
 """Create, find and account for studies in the SQL store (Optuna's RDB storage).
 
 The store is Optuna's own schema through SQLAlchemy; ftsweep writes nothing else there but
-user attributes: the sweep file on the study (so ``status``, ``best`` and ``resume`` need
-only the study's name), and on each trial its MLflow run id, its device and the reason it
-was pruned or failed.
+attributes: the sweep record on the study (the sweep file and its folder, so ``status``, ``best``
+and ``resume`` need only the study's name; a system attribute, see :func:`sweep_record`), and on
+each trial its MLflow run id, its device and the reason it was pruned or failed (user attributes).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from search_spaces import SearchSpace
 
+#: Study system attributes ftsweep writes (an earlier ftsweep wrote user attributes: see sweep_record).
 SWEEP_ATTR = "ftsweep:sweep"
 VERSION_ATTR = "ftsweep:version"
 #: Trial user attributes ftsweep writes.
@@ -219,8 +220,7 @@ def create_study(
     )
     # optuna-dashboard and the optuna CLI then say the metric's name, not "Objective 0".
     study.set_metric_names([sweep.study.metric])
-    study.set_user_attr(SWEEP_ATTR, sweep_for_store(sweep).to_stored())
-    study.set_user_attr(VERSION_ATTR, _version())
+    save_sweep_record(study, sweep_for_store(sweep).to_stored())
     return study
 
 
@@ -241,6 +241,64 @@ def load_study(
     return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
 
 
+def sweep_record(study: optuna.Study) -> dict[str, Any] | None:
+    """The sweep record kept with the study: ``{"sweep": the sweep file as a mapping, "base_dir": its
+    folder}``, or None for a study ftsweep did not create. Every reader goes through here (or, reading
+    the tables with SQL, :func:`sweep_records`).
+
+    It is a study *system* attribute, so ``optuna studies`` (which prints every user attribute) stays
+    narrow; a study made by an earlier ftsweep keeps it as a user attribute, read the same way and
+    moved by the next ``resume`` (:func:`save_sweep_record`).
+    """
+    from orchestrator.store_adapter import study_system_attrs
+
+    return _pick_record(study_system_attrs(study), study.user_attrs)
+
+
+def _pick_record(system_attrs: dict[str, Any], user_attrs: dict[str, Any]) -> dict[str, Any] | None:
+    """The one rule: the system attribute, else (a study made by an earlier ftsweep) the user attribute."""
+    return system_attrs.get(SWEEP_ATTR) or user_attrs.get(SWEEP_ATTR) or None
+
+
+def sweep_records(connection: Any, study_id: int | None = None) -> dict[int, dict[str, Any]]:
+    """{study id: sweep record} read with SQL from Optuna's tables (every study, or ``study_id``'s),
+    by the rule of :func:`sweep_record`; for the views that skip Optuna's API (``status``, ``studies``)."""
+    import json
+
+    from sqlalchemy import text
+
+    which = {"k": SWEEP_ATTR} if study_id is None else {"k": SWEEP_ATTR, "s": study_id}
+    found: dict[str, dict[int, dict[str, Any]]] = {}
+    for table in ("study_system_attributes", "study_user_attributes"):
+        query = f"SELECT study_id, value_json FROM {table} WHERE key = :k"
+        rows = connection.execute(text(query if study_id is None else query + " AND study_id = :s"), which)
+        found[table] = {row_id: {SWEEP_ATTR: json.loads(value)} for row_id, value in rows}
+    system, user = found["study_system_attributes"], found["study_user_attributes"]
+    records = {
+        row_id: _pick_record(system.get(row_id, {}), user.get(row_id, {})) for row_id in {*system, *user}
+    }
+    return {row_id: record for row_id, record in records.items() if record}
+
+
+def save_sweep_record(study: optuna.Study, record: dict[str, Any]) -> None:
+    """Keep ``record`` (:func:`sweep_record`'s form) with the study, as a system attribute.
+
+    A study made by an earlier ftsweep has its record (and version) moved out of its user attributes,
+    which ``optuna studies`` prints as one column about 900 characters wide. The new record is
+    written before the old one is removed: a save stopped halfway leaves a study that reads the same.
+    """
+    from orchestrator.store_adapter import delete_study_user_attr, set_study_system_attr, study_system_attrs
+
+    system, user = study_system_attrs(study), study.user_attrs
+    if system.get(SWEEP_ATTR) != record:
+        set_study_system_attr(study, SWEEP_ATTR, record)
+    if VERSION_ATTR not in system:
+        set_study_system_attr(study, VERSION_ATTR, user.get(VERSION_ATTR, _version()))
+    for key in (SWEEP_ATTR, VERSION_ATTR):
+        if key in user:
+            delete_study_user_attr(study, key)
+
+
 def stored_sweep(study: optuna.Study, opened: StoreLocation | None = None) -> Sweep:
     """The sweep file kept with the study by ``ftsweep run``.
 
@@ -251,7 +309,7 @@ def stored_sweep(study: optuna.Study, opened: StoreLocation | None = None) -> Sw
     Raises:
         StudyNotFound: for a study that ftsweep did not create.
     """
-    stored = study.user_attrs.get(SWEEP_ATTR)
+    stored = sweep_record(study)
     if not stored:
         raise StudyNotFound(f"study {study.study_name!r} was not created by ftsweep (it holds no sweep file)")
     raw, base_dir = copy.deepcopy(stored["sweep"]), Path(stored["base_dir"])

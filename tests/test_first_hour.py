@@ -12,8 +12,10 @@ from conftest import POSTGRES_URL, fault_sweep, require_postgres, run_cli, write
 def _stored_sweep(folder: Path, name: str) -> dict:
     import optuna
 
+    from orchestrator.study import sweep_record
+
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{folder / 'ftsweep.db'}")
-    return study.user_attrs["ftsweep:sweep"]["sweep"]
+    return sweep_record(study)["sweep"]
 
 
 def test_run_n_trials_and_workers_are_the_budget_the_study_remembers(tmp_path: Path) -> None:

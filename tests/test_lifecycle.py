@@ -180,7 +180,9 @@ def test_resume_refuses_a_budget_below_the_finished_trials_and_keeps_the_stored_
     assert result.returncode == 2, result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert "--n-trials 2" in line and "3 finished" in line
-    stored = load(tmp_path, "smaller").user_attrs["ftsweep:sweep"]["sweep"]["study"]["n_trials"]
+    from orchestrator.study import sweep_record
+
+    stored = sweep_record(load(tmp_path, "smaller"))["sweep"]["study"]["n_trials"]
     assert stored == 3
     assert run_cli(["resume", "smaller"], cwd=tmp_path).returncode == 0  # nothing left to run: 3/3
 

@@ -47,7 +47,7 @@ def tree(folder: Path) -> dict[str, tuple[int, int]]:
 def stored_sweep(database: Path, study: str) -> dict:
     with sqlite3.connect(database) as connection:
         (value,) = connection.execute(
-            "SELECT a.value_json FROM study_user_attributes a JOIN studies s USING (study_id) "
+            "SELECT a.value_json FROM study_system_attributes a JOIN studies s USING (study_id) "
             "WHERE s.study_name = ? AND a.key = 'ftsweep:sweep'",
             (study,),
         ).fetchone()
