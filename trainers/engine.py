@@ -25,10 +25,11 @@ device, and runs its forward passes under ``runtime.autocast()``.
 - a checkpoint after every epoch (weights, optimizer, schedule, every random generator, history)
   and resuming from it, so an interrupted trial reports what an uninterrupted one would have.
 
-Out-of-memory handling stays the trainer's hook (:meth:`trainers.base.BaseTrainer.on_out_of_memory`):
-it doubles ``gradient_accumulation_steps``, and the task splits each step into micro-batches of at
-most ``params.micro_batch_size`` examples. ``README.md`` ("Your own trainer") shows a task in about
-30 lines.
+Out of memory, the trial process retries once with the parameters the trainer's
+:meth:`~trainers.base.BaseTrainer.on_out_of_memory` returns; for an engine recipe that is
+:func:`trainers.training_params.retry_with_less_memory` (twice the ``gradient_accumulation_steps``),
+and the task splits each step into micro-batches of at most ``params.micro_batch_size`` examples.
+``README.md`` ("Your own trainer on the epoch engine") shows a task in about 30 lines.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ from trainers.text_model import (
 )
 from trainers.text_settings import TEXT_METRIC_NAMES, TextClassificationParams, TextClassificationSettings
 from trainers.text_trial import TextClassificationTrial
-from trainers.training_params import DEFAULT_HEAD_LEARNING_RATE
+from trainers.training_params import DEFAULT_HEAD_LEARNING_RATE, retry_with_less_memory
 
 #: Names other modules and benchmarks import from here, kept where they were before the split.
 _Trial = TextClassificationTrial
@@ -191,10 +191,7 @@ class TextClassificationTrainer(BaseTrainer):
 
     def on_out_of_memory(self, params: dict[str, Any]) -> dict[str, Any] | None:
         """Half the per-step batch, twice the accumulation: the same effective batch in less memory."""
-        steps = params.get("gradient_accumulation_steps")
-        if steps is None:
-            return None
-        return {**params, "gradient_accumulation_steps": int(steps) * 2}
+        return retry_with_less_memory(params)
 
     def run(self, ctx: TrialContext) -> dict[str, float]:
         """Train one trial; see :class:`trainers.text_trial.TextClassificationTrial`."""

@@ -8,7 +8,7 @@ the fields below.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -98,3 +98,16 @@ class TrainingParams(StrictModel):
         if self.head_learning_rate is not None:
             return self.head_learning_rate
         return max(DEFAULT_HEAD_LEARNING_RATE, self.learning_rate)
+
+
+def retry_with_less_memory(params: dict[str, Any]) -> dict[str, Any] | None:
+    """The parameters for one retry after running out of memory, for a trainer's ``on_out_of_memory``.
+
+    Twice the ``gradient_accumulation_steps``: half the examples per forward pass, the same batch per
+    optimizer step (the task splits each step into ``micro_batch_size`` pieces). None when the
+    parameters have no such key (nothing to retry with).
+    """
+    steps = params.get("gradient_accumulation_steps")
+    if steps is None:
+        return None
+    return {**params, "gradient_accumulation_steps": int(steps) * 2}
