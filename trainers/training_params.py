@@ -50,7 +50,8 @@ class TrainingParams(StrictModel):
         0,
         ge=0,
         description=(
-            "Freeze the embeddings and this many lowest encoder layers; num_layers trains only the head."
+            "Freeze the embeddings (the stem) and this many lowest blocks (encoder layers, or a vision "
+            "model's stages); num_layers trains only the head."
         ),
     )
     layerwise_lr_decay: float = Field(
