@@ -310,7 +310,7 @@ def test_the_key_follows_max_length_data_and_depth(
 def test_fingerprints_cover_the_frozen_weights_only(tiny_model: Path) -> None:
     from transformers import AutoModelForSequenceClassification
 
-    from trainers.regularization import find_encoder_blocks, set_dropout
+    from trainers.regularization import find_blocks, set_dropout
 
     def load():
         return AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2)
@@ -321,7 +321,7 @@ def test_fingerprints_cover_the_frozen_weights_only(tiny_model: Path) -> None:
     assert frozen_fingerprints(load(), 2) == reference  # reloading: same weights, same key
     set_dropout(model, hidden=0.3, attention=0.2, classifier=0.4)  # eval mode: dropout changes nothing
     assert frozen_fingerprints(model, 2) == reference
-    _, blocks = find_encoder_blocks(model)
+    _, blocks = find_blocks(model)
     with torch.no_grad():
         blocks[1].output.dense.weight.add_(1e-3)  # block 2 changes: depth 1 does not see it
     assert frozen_fingerprints(model, 2)[0] == reference[0]
@@ -573,7 +573,7 @@ def test_padded_batches_get_what_the_model_computes(tiny_model: Path) -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from trainers.batching import PadCollator
-    from trainers.regularization import find_encoder_blocks, freeze
+    from trainers.regularization import find_blocks, freeze
     from trainers.tokenization_cache import tokenize_texts
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2)
@@ -602,7 +602,7 @@ def test_padded_batches_get_what_the_model_computes(tiny_model: Path) -> None:
     store = cache.prepare("validation", ids, "digest", batch_size=2)
     rows = [11, 0, 5, 3, 8]
     inputs = collate([ids[row] for row in rows])
-    _, blocks = find_encoder_blocks(model)
+    _, blocks = find_blocks(model)
     captured = {}
     handle = blocks[0].register_forward_hook(lambda module, args, output: captured.update(out=output))
     with torch.no_grad():

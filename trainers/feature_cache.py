@@ -159,13 +159,13 @@ class FrozenFeatureCache:
         """A cache for ``model`` frozen to ``depth``, or None (with a log line) when it cannot have one."""
         from torch import nn
 
-        from trainers.regularization import find_encoder_blocks
+        from trainers.regularization import find_blocks
 
         log = options["log"]
         if depth <= 0:
             return None
         try:
-            embeddings, blocks = find_encoder_blocks(model)
+            embeddings, blocks = find_blocks(model)
         except ValueError as error:
             log(f"feature cache off: {error}")
             return None

@@ -67,9 +67,9 @@ def frozen_fingerprints(model: nn.Module, depth: int) -> list[str]:
     """
     import transformers
 
-    from trainers.regularization import find_encoder_blocks
+    from trainers.regularization import find_blocks
 
-    embeddings, blocks = find_encoder_blocks(model)
+    embeddings, blocks = find_blocks(model)
     config = getattr(model, "config", None)
     settings = config.to_dict() if config is not None else {}
     settings = {

@@ -5,7 +5,7 @@ being served (:meth:`ModelPatch.serving`), the embeddings module returns the giv
 the blocks below the served depth pass their input through in the block's own output format
 (learnt from a real forward, :attr:`ModelPatch.formats`). The model's attention-mask code, the
 trainable blocks, the pooler and the head run as they always do, so this works for any encoder
-:func:`trainers.regularization.find_encoder_blocks` understands (BERT, RoBERTa, MiniLM, ELECTRA,
+:func:`trainers.regularization.find_blocks` understands (BERT, RoBERTa, MiniLM, ELECTRA,
 DistilBERT, ...).
 
 Contract: outside :meth:`ModelPatch.serving` every patched module runs its own forward;

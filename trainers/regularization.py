@@ -75,9 +75,6 @@ def find_blocks(model: nn.Module) -> tuple[nn.Module, list[nn.Module]]:
     return _stem_of(base, model), list(blocks)
 
 
-#: The name :mod:`trainers.feature_cache` knows :func:`find_blocks` by (it predates image models).
-find_encoder_blocks = find_blocks
-
 
 def _named_block_list(base: nn.Module) -> nn.ModuleList | None:
     for parent, child in _BLOCK_LISTS:
