@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
+import pandas as pd
+from mlflow.types.type_hints import TypeFromExample
 
 #: The artifact that holds the exported folder.
 ARTIFACT = "model_dir"
@@ -30,17 +32,22 @@ class ExportedTextClassifier(mlflow.pyfunc.PythonModel):  # type: ignore[name-de
         trainer_cls = load_trainer_class(str(info["trainer"]))
         self.predictor = trainer_cls.load_predictor(folder, "cuda" if torch.cuda.is_available() else "cpu")
 
-    # No type hints here: MLflow reads them as the model's input schema and warns about Any.
-    def predict(self, context, model_input, params=None):
-        import pandas as pd
-
-        if isinstance(model_input, pd.DataFrame):
-            column = self.predictor.input_column
-            texts = model_input[column if column in model_input else model_input.columns[0]].tolist()
-        elif isinstance(model_input, str):
-            texts = [model_input]
-        else:
-            texts = list(model_input)
+    # MLflow reads the input's hint as the model's input schema: ``TypeFromExample`` takes it from the
+    # logged input example (a list of texts), so a one-column table arrives here as that list.
+    def predict(
+        self, context: Any, model_input: TypeFromExample, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
+        column = self.predictor.input_column
+        data: Any = model_input
+        if isinstance(data, pd.DataFrame):
+            texts = data[column if column in data else data.columns[0]].tolist()
+        elif isinstance(data, str):
+            texts = [data]
+        else:  # texts, or rows as mappings (a table of several columns)
+            texts = [
+                row.get(column, next(iter(row.values()))) if isinstance(row, dict) else row
+                for row in data
+            ]
         probabilities = self.predictor.predict_proba([str(text) for text in texts])
         labels = list(self.predictor.labels)
         frame = pd.DataFrame(

@@ -362,6 +362,9 @@ def test_a_mean_pooling_model_refitted_on_train_and_validation_predicts_as_it_wa
         os.chdir(cwd)
     texts = pd.read_csv(tmp_path / "data" / "test.csv")["text"].tolist()
     assert pyfunc.predict(texts)["label"].tolist() == expected
+    assert pyfunc.predict(pd.DataFrame({"text": texts}))["label"].tolist() == expected
+    # Logging the model warned about the missing type hint of `predict` (a first-hour stumble).
+    assert "Add type hints" not in result.stderr + result.stdout
 
 
 def test_without_a_test_split_final_fits_and_exports_untested(tmp_path: Path, tiny_model: Path) -> None:

@@ -24,6 +24,7 @@ from ftsweep_common.errors import ConfigError
 #: Built-in trainers by name. Values are import paths so that naming one imports only it.
 BUILTIN_TRAINERS: dict[str, str] = {
     "text-classification": "trainers.text_classification:TextClassificationTrainer",
+    "image-classification": "trainers.image_classification:ImageClassificationTrainer",
     "noop": "trainers.noop:NoopTrainer",
 }
 
@@ -228,6 +229,34 @@ class BaseTrainer(ABC):
         Raises:
             ftsweep_common.errors.UserError: naming the file and the field at fault.
         """
+
+    @classmethod
+    def default_metric_for(cls, trainer: Mapping[str, Any]) -> str | None:
+        """The study metric when the sweep file names none, given its ``trainer`` section as written.
+
+        The default answers :attr:`default_metric`; a trainer whose settings change what it reports
+        (the text recipe's ``task: regression`` reports ``val_rmse``, not ``val_f1``) overrides it.
+        ``trainer`` is not validated yet: read it defensively.
+        """
+        return cls.default_metric
+
+    @classmethod
+    def default_search_space_for(cls, trainer: Mapping[str, Any]) -> str | None:
+        """The search space when the sweep file gives none, given its ``trainer`` section as written;
+        :attr:`default_search_space` unless a trainer's settings call for another."""
+        return cls.default_search_space
+
+    def final_unavailable(self) -> str | None:
+        """Why ``ftsweep final`` cannot fit this trainer's configuration (one line, for the user), or None.
+
+        Checked before a final fit starts, after :meth:`implements_final`; the default finds nothing.
+        """
+        return None
+
+    def reported_metrics(self) -> tuple[str, ...]:
+        """The metrics every epoch of this trainer's trials reports (with its settings); empty when it
+        cannot say in advance. Default: :attr:`metric_names`."""
+        return self.metric_names
 
     @classmethod
     def direction_of(cls, metric: str) -> Literal["maximize", "minimize"]:

@@ -1,0 +1,100 @@
+"""The image recipe's settings (the sweep's ``trainer`` section) and parameters (what a search tunes).
+
+The parameters the epoch engine reads come from :class:`trainers.training_params.TrainingParams`,
+the augmentations from :class:`trainers.image_augment.ImageAugmentationParams`;
+:class:`ImageClassificationParams` is both, plus the image recipe's own regularizers.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from trainers.base import StrictModel
+from trainers.image_augment import ImageAugmentationParams
+from trainers.image_data import ImageDataSettings
+from trainers.training_params import TrainingParams
+
+#: What an image-classification trial reports after each epoch, in this order (as the text recipe).
+IMAGE_METRIC_NAMES = (
+    "train_loss",
+    "train_accuracy",
+    "train_f1",
+    "val_loss",
+    "val_accuracy",
+    "val_f1",
+    "generalization_gap",
+)
+
+
+class ImageClassificationSettings(StrictModel):
+    """The ``trainer`` section of an image-classification sweep."""
+
+    model: str = Field(
+        min_length=1,
+        description=(
+            "An image classifier saved with save_pretrained next to its image processor (relative to the "
+            "sweep file), 'package:<python_package>/<folder>', or a Hugging Face id already in the local "
+            "cache."
+        ),
+    )
+    data: ImageDataSettings = Field(description="The labelled images: folders or tables of path,label.")
+    epochs: int = Field(3, ge=1, description="Epochs per trial (the parameter 'epochs').")
+    batch_size: int = Field(32, ge=1, description="Training batch size (the parameter 'batch_size').")
+    eval_batch_size: int | None = Field(
+        None, ge=1, description="Evaluation batch size; default twice batch_size."
+    )
+    num_workers: int = Field(
+        0,
+        ge=0,
+        description=(
+            "DataLoader worker processes that decode and augment training images (0: in the trial's own "
+            "process). Workers persist across epochs; on a GPU batches come from pinned memory."
+        ),
+    )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description=(
+            "auto: bfloat16 autocast on a GPU that supports it, float32 on CPU; bf16: autocast on CPU too; "
+            "fp32: never."
+        ),
+    )
+    channels_last: bool = Field(
+        True, description="On a GPU, keep the model and the images in channels-last memory format."
+    )
+    eval_cache_mb: int = Field(
+        256,
+        ge=0,
+        description=(
+            "Validation images are decoded and resized once per trial and kept in memory when they fit in "
+            "this many megabytes; beyond it they are decoded every epoch."
+        ),
+    )
+
+
+class ImageClassificationParams(TrainingParams, ImageAugmentationParams):
+    """Everything a search space may tune or a sweep may fix, with its default."""
+
+    learning_rate: float = Field(
+        1e-4, gt=0, description="Peak AdamW learning rate (of the head, with layer-wise decay)."
+    )
+    dropout: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="Hidden, attention and classifier dropout where the model has them; unset keeps its own.",
+    )
+    drop_path: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description=(
+            "Stochastic depth (the config's drop_path_rate: Swin, ConvNeXt, BEiT ...); unset keeps the "
+            "model's own. Refused while planning for a model without it."
+        ),
+    )
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing of the training loss.")
+    class_weights: Literal["none", "balanced"] = Field(
+        "none", description="balanced weighs each class's loss by n / (classes * count)."
+    )
