@@ -350,8 +350,9 @@ def with_trainer_defaults(raw: dict[str, Any]) -> dict[str, Any]:
     """``raw`` with ``study.metric``, ``study.direction`` and ``search_space`` filled in from the trainer.
 
     What a trial reports and what it can search belong to the trainer, not to the sweep schema:
-    the trainer class supplies ``default_metric``, ``direction_of(metric)`` and
-    ``default_search_space``. The class is imported only when the file leaves one of them out;
+    the trainer class supplies them from the ``trainer`` section (``default_metric_for``,
+    ``direction_of(metric)``, ``default_search_space_for``: the text recipe's ``task: regression``
+    defaults to ``val_rmse``, minimized). The class is imported only when the file leaves one of them out;
     a trainer without a default leaves the key missing, and validation says it is required.
 
     Raises:
@@ -368,14 +369,17 @@ def with_trainer_defaults(raw: dict[str, Any]) -> dict[str, Any]:
     from trainers.base import load_trainer_class
 
     trainer_cls = load_trainer_class(name)
+    trainer_section = trainer if isinstance(trainer, dict) else {}
     filled = dict(raw)
     if isinstance(study, dict) and study_incomplete:
         study = dict(study)
-        if "metric" not in study and trainer_cls.default_metric is not None:
-            study["metric"] = trainer_cls.default_metric
+        default_metric = trainer_cls.default_metric_for(trainer_section)
+        if "metric" not in study and default_metric is not None:
+            study["metric"] = default_metric
         if "direction" not in study and isinstance(study.get("metric"), str):
             study["direction"] = trainer_cls.direction_of(study["metric"])
         filled["study"] = study
-    if "search_space" not in raw and trainer_cls.default_search_space is not None:
-        filled["search_space"] = trainer_cls.default_search_space
+    default_space = trainer_cls.default_search_space_for(trainer_section)
+    if "search_space" not in raw and default_space is not None:
+        filled["search_space"] = default_space
     return filled

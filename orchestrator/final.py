@@ -105,6 +105,9 @@ def run_final(options: FinalOptions, say: Callable[[str], None] = print) -> Fina
             "hooks (trainers/base.py), so `ftsweep final` cannot fit or export its model; implement them in "
             "the trainer"
         )
+    unavailable = trainer.final_unavailable()
+    if unavailable:
+        raise UserError(f"study {options.study_name!r}: {unavailable}")
     trainer.check()  # the data (the test file too) and the model, as when planning; one line when wrong
     splits = trainer.splits()
     if options.refit == "train+val" and "validation" not in splits:

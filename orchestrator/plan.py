@@ -100,10 +100,11 @@ def plan_sweep(sweep: Sweep, check_data: bool = True) -> SweepPlan:
     problems = _check_space(trainer_cls, space, fixed)
     if check_data and not problems:
         problems = _check_against_trainer(sweep, trainer, space, fixed)
-    if trainer_cls.metric_names and sweep.study.metric not in trainer_cls.metric_names:
+    reported = trainer.reported_metrics()
+    if reported and sweep.study.metric not in reported:
         problems.append(
             f"study.metric: {sweep.study.metric!r} is not a metric the trainer {trainer_cls.name!r} reports; "
-            f"allowed: {', '.join(trainer_cls.metric_names)}"
+            f"allowed: {', '.join(reported)}"
         )
     if problems:
         raise ConfigError(problems, source=sweep.source)

@@ -12,14 +12,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 
 from ftsweep_common.errors import DataError
 from trainers.base import StrictModel
 from trainers.data_files import read_table
-from trainers.label_checks import require_known_labels
-from trainers.splits import Split, split_off_validation, stratified_sample
+from trainers.label_checks import numeric_labels, require_known_labels
+from trainers.splits import (
+    Split,
+    random_sample,
+    random_split_off_validation,
+    split_off_validation,
+    stratified_sample,
+)
 
 
 class DataSettings(StrictModel):
@@ -91,7 +98,12 @@ def resolve_path(value: str, base_dir: Path) -> Path:
 
 
 def load_splits(
-    settings: DataSettings, base_dir: Path, seed: int | None = None, *, include_test: bool = True
+    settings: DataSettings,
+    base_dir: Path,
+    seed: int | None = None,
+    *,
+    include_test: bool = True,
+    task: Literal["classification", "regression"] = "classification",
 ) -> LabelledData:
     """Read the splits named by ``settings`` and check that they can train a classifier.
 
@@ -101,6 +113,7 @@ def load_splits(
         seed: seed of the validation split and the subsample; None uses ``settings.split_seed``.
         include_test: read the test file too. Trials pass False: the test split is for the final
             model only (``ftsweep final``), so a trial never opens it and nothing is chosen on it.
+        task: ``regression`` reads the labels as numbers (:func:`load_regression_splits`).
 
     Returns:
         the splits and the sorted label set of the training data.
@@ -110,6 +123,8 @@ def load_splits(
             the training data lacks, or a split the validation fraction would leave empty.
     """
     seed = settings.split_seed if seed is None else seed
+    if task == "regression":
+        return load_regression_splits(settings, base_dir, seed, include_test=include_test)
     train = _read_split(settings.train, "trainer.data.train", settings, base_dir)
     labels = sorted(set(train.labels))
     if len(labels) < 2:
@@ -131,6 +146,32 @@ def load_splits(
     if settings.max_train_samples is not None and settings.max_train_samples < len(train):
         train = stratified_sample(train, settings.max_train_samples, seed)
     return LabelledData(train=train, validation=validation, test=test, labels=labels)
+
+
+def load_regression_splits(
+    settings: DataSettings, base_dir: Path, seed: int, *, include_test: bool = True
+) -> LabelledData:
+    """The splits of a regression task: every label a finite number, a plain seeded validation split.
+
+    ``labels`` of the result is empty (there are no classes); :meth:`Split.values` reads the numbers.
+
+    Raises:
+        DataError: for any file problem or a label that is not a finite number (naming its row).
+    """
+
+    def read(value: str, key: str) -> Split:
+        split = _read_split(value, key, settings, base_dir)
+        numeric_labels(split.labels, f"{key}: {split.source}", settings.label_column)
+        return split
+
+    train = read(settings.train, "trainer.data.train")
+    validation = read(settings.validation, "trainer.data.validation") if settings.validation else None
+    test = read(settings.test, "trainer.data.test") if settings.test and include_test else None
+    if validation is None:
+        train, validation = random_split_off_validation(train, settings.validation_fraction, seed)
+    if settings.max_train_samples is not None and settings.max_train_samples < len(train):
+        train = random_sample(train, settings.max_train_samples, seed)
+    return LabelledData(train=train, validation=validation, test=test, labels=[])
 
 
 def _read_split(value: str, key: str, settings: DataSettings, base_dir: Path) -> Split:

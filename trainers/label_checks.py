@@ -9,6 +9,7 @@ reads files or knows about splits, so the same checks serve every task's data.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from ftsweep_common.errors import DataError
@@ -62,3 +63,29 @@ def describe_rows(rows: list[int]) -> str:
     shown = ", ".join(map(str, rows[:ROWS_SHOWN]))
     more = f" and {len(rows) - ROWS_SHOWN} more" if len(rows) > ROWS_SHOWN else ""
     return f"data row{'s' if len(rows) > 1 else ''} {shown}{more} (counting from 1)"
+
+
+def numeric_labels(labels: Sequence[str], where: str, column: str) -> list[float]:
+    """The labels as floats, for a regression task; a DataError naming the rows that are not finite numbers.
+
+    ``nan``, ``inf`` and text are refused, never dropped: a row of the user's data does not
+    disappear without them deciding it.
+    """
+    values: list[float] = []
+    bad: list[int] = []
+    for number, label in enumerate(labels, start=1):
+        try:
+            value = float(label)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            bad.append(number)
+        values.append(value)
+    if bad:
+        found = ", ".join(repr(labels[number - 1]) for number in bad[:ROWS_SHOWN])
+        raise DataError(
+            f"{where} has labels that are not finite numbers in column {column!r}: {found} "
+            f"({describe_rows(bad)}); trainer.task regression needs a number in every row: "
+            "fix those labels or remove the rows"
+        )
+    return values

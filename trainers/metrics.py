@@ -26,8 +26,12 @@ def accuracy_and_macro_f1(confusion: torch.Tensor) -> tuple[float, float]:
 
 
 def generalization_gap(metrics: dict[str, float], metric: str | None) -> float:
-    """``train_x - val_x`` for the study metric's family (f1, accuracy); else ``val_loss - train_loss``."""
+    """How much better training scores than validation on the study metric's family, so that a larger
+    gap is always more overfitting: ``train_x - val_x`` for scores that grow (f1, accuracy, r2),
+    ``val_x - train_x`` for errors (rmse, mae); else ``val_loss - train_loss``."""
     family = (metric or "").rpartition("_")[2]
-    if family in ("f1", "accuracy"):
+    if family in ("f1", "accuracy", "r2"):
         return metrics[f"train_{family}"] - metrics[f"val_{family}"]
+    if family in ("rmse", "mae"):
+        return metrics[f"val_{family}"] - metrics[f"train_{family}"]
     return metrics["val_loss"] - metrics["train_loss"]

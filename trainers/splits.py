@@ -1,10 +1,11 @@
-"""One split of labelled rows, and the seeded stratified ways to cut it.
+"""One split of labelled rows, and the seeded ways to cut it: stratified (classes) or plain (regression).
 
 Contract: :class:`Split` holds texts and string labels aligned, with a ``source`` for messages.
-:func:`split_off_validation` and :func:`stratified_sample` are pure functions of the split, the
-fraction or size, and the seed: the same arguments give the same rows on every machine and in
-every trial (the seed is the study's ``split_seed``, never a trial's), every class keeps at least
-one row, and rows keep their file order within each result.
+:func:`split_off_validation` and :func:`stratified_sample` (classification: every class keeps at
+least one row) and :func:`random_split_off_validation` and :func:`random_sample` (regression: the
+labels are numbers, not classes) are pure functions of the split, the fraction or size, and the
+seed: the same arguments give the same rows on every machine and in every trial (the seed is the
+study's ``split_seed``, never a trial's), and rows keep their file order within each result.
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ class Split:
             [self.labels[i] for i in indices],
             source if source else self.source,
         )
+
+    def values(self) -> list[float]:
+        """The labels as numbers (regression; :func:`trainers.label_checks.numeric_labels` checked them)."""
+        return [float(label) for label in self.labels]
 
     def label_ids(self, labels: Sequence[str]) -> list[int]:
         """The labels as indices into ``labels`` (every label must be in it)."""
@@ -82,6 +87,31 @@ def split_off_validation(train: Split, fraction: float, seed: int) -> tuple[Spli
         train.subset(sorted(kept), f"{train.source} (less a {fraction:g} validation split)"),
         train.subset(sorted(held), f"{train.source} (a {fraction:g} validation split)"),
     )
+
+
+def random_split_off_validation(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    """Split a seeded random ``fraction`` of the rows off ``train`` (not stratified: for numeric labels).
+
+    Raises:
+        DataError: when either split would be empty.
+    """
+    order = random.Random(seed).sample(range(len(train)), len(train))
+    take = min(round(len(train) * fraction), len(train) - 1)
+    if take < 1:
+        raise DataError(
+            f"trainer.data.validation_fraction: {fraction} of the {len(train)} rows of {train.source} leaves "
+            "no validation rows; give a larger fraction, more rows or a trainer.data.validation file"
+        )
+    return (
+        train.subset(sorted(order[take:]), f"{train.source} (less a {fraction:g} validation split)"),
+        train.subset(sorted(order[:take]), f"{train.source} (a {fraction:g} validation split)"),
+    )
+
+
+def random_sample(split: Split, size: int, seed: int) -> Split:
+    """A seeded random subsample of ``size`` rows (not stratified: for numeric labels), in file order."""
+    chosen = sorted(random.Random(seed).sample(range(len(split)), min(size, len(split))))
+    return split.subset(chosen, f"{split.source} (a sample of {size})")
 
 
 def stratified_sample(split: Split, size: int, seed: int) -> Split:

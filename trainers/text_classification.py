@@ -5,7 +5,10 @@ the model's loading and checks (:mod:`trainers.text_model`), one trial's text ha
 :class:`~trainers.engine.TrainingTask` the epoch engine trains (:mod:`trainers.text_trial`), and the
 final fit (:mod:`trainers.text_final_fit`). One trial loads the data and the model, applies the
 regularization knobs of its parameters, trains for ``epochs`` epochs and reports, after each, the
-training and validation loss, accuracy and macro F1. The engine (:mod:`trainers.engine`) checkpoints
+training and validation loss, accuracy and macro F1. With ``trainer.task: regression`` the label is a
+number and the trial is :class:`trainers.text_regression.TextRegressionTrial` (one output, the
+standardized label, ``trainer.loss``, rmse / mae / r2; the study metric defaults to ``val_rmse``,
+minimized, and the search space to ``regression``). The engine (:mod:`trainers.engine`) checkpoints
 every epoch, so a trial interrupted by a crash or a preemption resumes where it stopped and
 reports the same numbers an uninterrupted trial would have.
 
@@ -39,7 +42,12 @@ from trainers.text_model import (
     require_whole_weights,
     resolve_model,
 )
-from trainers.text_settings import TEXT_METRIC_NAMES, TextClassificationParams, TextClassificationSettings
+from trainers.text_settings import (
+    TEXT_METRIC_NAMES,
+    TEXT_REGRESSION_METRIC_NAMES,
+    TextClassificationParams,
+    TextClassificationSettings,
+)
 from trainers.text_trial import TextClassificationTrial
 from trainers.training_params import DEFAULT_HEAD_LEARNING_RATE, retry_with_less_memory
 
@@ -118,7 +126,7 @@ class TextClassificationTrainer(BaseTrainer):
                 truncated or corrupt weights file, or a tokenizer that does not fit the data.
             ConfigError: when ``max_length`` exceeds what the model supports.
         """
-        data = load_splits(self.settings.data, self.base_dir)
+        data = load_splits(self.settings.data, self.base_dir, task=self.settings.task)
         self._n_train = len(data.train.texts)
         config = self.model_config()
         require_classifier_family(self.settings.model, config)
@@ -134,7 +142,17 @@ class TextClassificationTrainer(BaseTrainer):
         require_plausible_tokenizer(self.settings.model, self.model_path, tokenizer, data.train.texts)
 
     def check_params(self, params: Mapping[str, Any]) -> dict[str, str]:
-        """``freeze_depth`` may not exceed the model's number of encoder layers."""
+        """``freeze_depth`` may not exceed the model's number of encoder layers; a regression task takes
+        no class weights and no label smoothing."""
+        if self.settings.task == "regression":
+            problems = {
+                key: f"{params[key]!r} has no meaning for trainer.task regression (a numeric label has no "
+                f"classes); allowed: {allowed} (remove it from the search space or the sweep's params)"
+                for key, allowed in (("class_weights", "none"), ("label_smoothing", "0"))
+                if key in params and params[key] not in ("none", 0, 0.0)
+            }
+            if problems:
+                return problems
         depth = params.get("freeze_depth")
         layers = int(self.model_config().num_hidden_layers)
         if isinstance(depth, int) and depth > layers:
@@ -176,8 +194,33 @@ class TextClassificationTrainer(BaseTrainer):
 
     @classmethod
     def direction_of(cls, metric: str) -> Literal["maximize", "minimize"]:
-        """Losses and the generalization gap shrink as the model gets better; accuracy and F1 grow."""
-        return "minimize" if metric.endswith("loss") or metric == "generalization_gap" else "maximize"
+        """Losses, errors (rmse, mae) and the generalization gap shrink as the model gets better;
+        accuracy, F1 and r2 grow."""
+        shrinks = metric.endswith(("loss", "_rmse", "_mae")) or metric == "generalization_gap"
+        return "minimize" if shrinks else "maximize"
+
+    @classmethod
+    def default_metric_for(cls, trainer: Mapping[str, Any]) -> str | None:
+        """``val_rmse`` for ``task: regression``, else ``val_f1``."""
+        return "val_rmse" if trainer.get("task") == "regression" else cls.default_metric
+
+    @classmethod
+    def default_search_space_for(cls, trainer: Mapping[str, Any]) -> str | None:
+        """``regression`` (no label smoothing) for ``task: regression``, else ``regularization``."""
+        return "regression" if trainer.get("task") == "regression" else cls.default_search_space
+
+    def reported_metrics(self) -> tuple[str, ...]:
+        """Loss, accuracy and F1; loss, rmse, mae and r2 for ``task: regression``."""
+        return TEXT_REGRESSION_METRIC_NAMES if self.settings.task == "regression" else self.metric_names
+
+    def final_unavailable(self) -> str | None:
+        """``ftsweep final`` exports and predicts classes: not yet a regression model."""
+        if self.settings.task == "regression":
+            return (
+                "trainer.task regression: `ftsweep final` does not fit, test or export regression models "
+                "yet; `ftsweep best` gives the chosen parameters to train with"
+            )
+        return None
 
     def max_epochs(self, params: Mapping[str, Any]) -> int | None:
         """A linear probe is fitted (and reports) once; every other strategy trains ``epochs`` epochs."""
@@ -196,6 +239,10 @@ class TextClassificationTrainer(BaseTrainer):
     def run(self, ctx: TrialContext) -> dict[str, float]:
         """Train one trial; see :class:`trainers.text_trial.TextClassificationTrial`."""
         params = self.Params(**ctx.params)
+        if self.settings.task == "regression":
+            from trainers.text_regression import TextRegressionTrial
+
+            return TextRegressionTrial(self, ctx, params).run()
         return TextClassificationTrial(self, ctx, params).run()
 
     def final_fit(self, ctx: TrialContext, request: FinalFitRequest) -> dict[str, float]:

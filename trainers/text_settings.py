@@ -12,6 +12,7 @@ from pydantic import Field
 
 from trainers.base import StrictModel
 from trainers.data import DataSettings
+from trainers.regression_target import regression_metric_names
 from trainers.training_params import TrainingParams
 
 #: What a text-classification trial reports after each epoch, in this order.
@@ -24,6 +25,9 @@ TEXT_METRIC_NAMES = (
     "val_f1",
     "generalization_gap",
 )
+
+#: What a text-regression trial (``task: regression``) reports after each epoch, in this order.
+TEXT_REGRESSION_METRIC_NAMES = regression_metric_names()
 
 
 class TextClassificationSettings(StrictModel):
@@ -38,6 +42,21 @@ class TextClassificationSettings(StrictModel):
         ),
     )
     data: DataSettings = Field(description="The labelled data: files and columns.")
+    task: Literal["classification", "regression"] = Field(
+        "classification",
+        description=(
+            "classification: the label column holds classes; regression: it holds a number, the model has "
+            "one output trained on the standardized label, and each epoch reports rmse, mae and r2 in the "
+            "label's own units (the study metric defaults to val_rmse, minimized)."
+        ),
+    )
+    loss: Literal["mse", "huber", "l1"] = Field(
+        "mse",
+        description=(
+            "The training loss of task regression, on the standardized label (huber: delta 1 standard "
+            "deviation); classification always trains cross-entropy."
+        ),
+    )
     max_length: int = Field(128, ge=2, description="Texts are truncated to this many tokens.")
     epochs: int = Field(3, ge=1, description="Epochs per trial (the parameter 'epochs').")
     batch_size: int = Field(32, ge=1, description="Training batch size (the parameter 'batch_size').")

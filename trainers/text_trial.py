@@ -26,6 +26,7 @@ from trainers.data import LabelledData, load_splits
 from trainers.engine import Engine, timed_trial
 from trainers.hf_loading import hub_options, quiet_transformers
 from trainers.metrics import accuracy_and_macro_f1
+from trainers.splits import Split
 from trainers.text_model import load_tokenizer
 from trainers.text_settings import TEXT_METRIC_NAMES, TextClassificationParams, TextClassificationSettings
 
@@ -72,16 +73,20 @@ class TextClassificationTrial:
         params: the validated parameters.
     """
 
+    #: The metrics this trial reports (one of them is the study metric), and its default.
+    metric_names: tuple[str, ...] = TEXT_METRIC_NAMES
+    default_metric = "val_f1"
+
     def __init__(self, trainer: TextRecipe, ctx: TrialContext, params: TextClassificationParams) -> None:
         self.trainer = trainer
         self.settings = trainer.settings
         self.ctx = ctx
         self.params = params
-        self.metric = ctx.metric or "val_f1"
-        if self.metric not in TEXT_METRIC_NAMES:
+        self.metric = ctx.metric or self.default_metric
+        if self.metric not in self.metric_names:
             raise ValueError(
                 f"study metric {self.metric!r} is not one this trainer reports; "
-                f"allowed: {', '.join(TEXT_METRIC_NAMES)}"
+                f"allowed: {', '.join(self.metric_names)}"
             )
         self.features: FrozenFeatureCache | None = None
 
@@ -131,7 +136,6 @@ class TextClassificationTrial:
                     self.features.close()
 
     def _setup_data(self) -> None:
-        import torch
 
         from trainers.batching import PadCollator
         from trainers.regularization import class_weights
@@ -165,28 +169,41 @@ class TextClassificationTrial:
         self.train_ids = self.tokens["train"].ids
         self.n_train = len(self.train_ids)
         self.train_lengths = [len(ids) for ids in self.train_ids]
-        self.train_labels = torch.tensor(data.train.label_ids(self.labels), dtype=torch.long)
+        self.train_labels = self._label_tensor(data.train)
         weights = class_weights(self.train_labels.tolist(), len(self.labels), self.params.class_weights)
         self.class_weights_cpu = weights
         self.class_weights = weights.to(self.device) if weights is not None else None
         self.eval_size = self.settings.eval_batch_size or 2 * self.params.batch_size
         self.validation = self._eval_batches(
-            self.tokens["validation"].ids, data.validation.label_ids(self.labels)
+            self.tokens["validation"].ids, self._label_tensor(data.validation)
         )
 
     def _load_data(self) -> LabelledData:
         """The splits this run trains and scores on: a trial never reads the test split."""
-        return load_splits(self.settings.data, self.trainer.base_dir, include_test=False)
+        return load_splits(
+            self.settings.data, self.trainer.base_dir, include_test=False, task=self.settings.task
+        )
 
-    def _eval_batches(
-        self, ids: list[list[int]], label_ids: list[int]
-    ) -> list[tuple[dict[str, torch.Tensor], torch.Tensor, list[int]]]:
-        """The split collated once, on the device, in length order: ``(inputs, labels, rows)`` per batch."""
+    def _label_tensor(self, split: Split) -> torch.Tensor:
+        """The split's labels as the loss reads them: class ids (a regression trial: standardized numbers)."""
         import torch
 
+        return torch.tensor(split.label_ids(self.labels), dtype=torch.long)
+
+    def _head_config(self) -> dict[str, Any]:
+        """The model config's head arguments: one output per class, named."""
+        return {
+            "num_labels": len(self.labels),
+            "id2label": dict(enumerate(self.labels)),
+            "label2id": {label: index for index, label in enumerate(self.labels)},
+        }
+
+    def _eval_batches(
+        self, ids: list[list[int]], labels: torch.Tensor
+    ) -> list[tuple[dict[str, torch.Tensor], torch.Tensor, list[int]]]:
+        """The split collated once, on the device, in length order: ``(inputs, labels, rows)`` per batch."""
         from trainers.batching import sorted_batches
 
-        labels = torch.tensor(label_ids, dtype=torch.long)
         batches = []
         for rows in sorted_batches([len(sequence) for sequence in ids], self.eval_size):
             inputs = self.collate([ids[row] for row in rows])
@@ -203,13 +220,8 @@ class TextClassificationTrial:
         params = self.params
         attention = params.attention_dropout if params.attention_dropout is not None else params.dropout
         path = self.trainer.model_path
-        config = AutoConfig.from_pretrained(
-            path,
-            num_labels=len(self.labels),
-            id2label=dict(enumerate(self.labels)),
-            label2id={label: index for index, label in enumerate(self.labels)},
-            **hub_options(),
-        )
+        head_config = self._head_config()
+        config = AutoConfig.from_pretrained(path, **head_config, **hub_options())
         set_config_dropout(config, hidden=params.dropout, attention=attention, classifier=params.dropout)
         with quiet_transformers():
             model, info = AutoModelForSequenceClassification.from_pretrained(
@@ -219,7 +231,7 @@ class TextClassificationTrial:
         self.pooling = resolve_pooling(params.pooling, path)
         if self.pooling == "mean":
             install_mean_pooling(model)
-        self.head = classifier_layer(model, len(self.labels))
+        self.head = classifier_layer(model, head_config["num_labels"])
         self.n_layers = len(find_blocks(model)[1])
         probe_only = params.strategy == "linear_probe"
         self.frozen = freeze(model, self.n_layers if probe_only else params.freeze_depth)
@@ -302,16 +314,40 @@ class TextClassificationTrial:
     # ---- the linear probe (strategies linear_probe and lp_ft; see trainers.linear_probe) ----------
 
     def _fit_probe(self) -> None:
-        """Fit the head's last layer, a logistic regression, on what the frozen model feeds it.
+        """Fit the head's last layer on what the frozen model feeds it (:mod:`trainers.linear_probe`)."""
+        from trainers.linear_probe import set_head
+
+        features = self._probe_features()
+        weight, bias, self.probe_metrics = self._probe_fit(
+            {"train": features["train"], "val": features["validation"]},
+            {"train": self.train_labels, "val": self._validation_labels()},
+        )
+        set_head(self.head, weight, bias)
+        self.ctx.log(
+            f"linear probe ({self.pooling} pooling, probe_l2={self.params.probe_l2:g}): "
+            + ", ".join(f"{key}={value:.4f}" for key, value in self.probe_metrics.items())
+        )
+
+    def _probe_fit(
+        self, features: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """A logistic regression (class-weighted) on the training features, scored on each split."""
+        from trainers.linear_probe import fit_classification_probe
+        from trainers.regularization import class_weights
+
+        weights = class_weights(self.train_labels.tolist(), len(self.labels), self.params.class_weights)
+        return fit_classification_probe(features, labels, len(self.labels), self.params.probe_l2, weights)
+
+    def _probe_features(self) -> dict[str, torch.Tensor]:
+        """What the head's last layer receives for every train and validation row, the model frozen.
 
         The whole encoder is frozen for the features (served from the feature cache at full depth,
         so later probes of the study cost seconds); what trains afterwards is set back as it was.
         """
-        import torch
 
         from trainers.batching import sorted_batches
-        from trainers.linear_probe import fit_logistic_regression, head_inputs, set_head
-        from trainers.regularization import class_weights, freeze
+        from trainers.linear_probe import head_inputs
+        from trainers.regularization import freeze
 
         trainable = {name: p.requires_grad for name, p in self.model.named_parameters()}
         freeze(self.model, self.n_layers)
@@ -334,33 +370,14 @@ class TextClassificationTrial:
                 cache.close()
             for name, parameter in self.model.named_parameters():
                 parameter.requires_grad_(trainable[name])
-        weights = class_weights(self.train_labels.tolist(), len(self.labels), self.params.class_weights)
-        weight, bias = fit_logistic_regression(
-            features["train"], self.train_labels, len(self.labels), self.params.probe_l2, weights
-        )
-        set_head(self.head, weight, bias)
-        self.probe_metrics: dict[str, float] = {}
-        for name, prefix, labels in (
-            ("train", "train", self.train_labels),
-            ("validation", "val", self._validation_labels()),
-        ):
-            logits = features[name] @ weight.T + bias
-            n_classes = len(self.labels)
-            confusion = torch.bincount(labels * n_classes + logits.argmax(dim=-1), minlength=n_classes**2)
-            accuracy, f1 = accuracy_and_macro_f1(confusion.view(n_classes, n_classes))
-            loss = torch.nn.functional.cross_entropy(logits, labels).item()
-            self.probe_metrics.update(
-                {f"{prefix}_loss": loss, f"{prefix}_accuracy": accuracy, f"{prefix}_f1": f1}
-            )
-        self.ctx.log(
-            f"linear probe ({self.pooling} pooling, probe_l2={self.params.probe_l2:g}): "
-            + ", ".join(f"{key}={value:.4f}" for key, value in self.probe_metrics.items())
-        )
+        return features
 
     def _validation_labels(self) -> torch.Tensor:
         import torch
 
-        labels = torch.zeros(sum(len(rows) for _, _, rows in self.validation), dtype=torch.long)
+        labels = torch.zeros(
+            sum(len(rows) for _, _, rows in self.validation), dtype=self.validation[0][1].dtype
+        )
         for _, batch_labels, rows in self.validation:
             labels[torch.as_tensor(rows)] = batch_labels.cpu()
         return labels
@@ -377,9 +394,7 @@ class TextClassificationTrial:
         params = self.params
         generator = torch.Generator().manual_seed(epoch_seed(params.seed, epoch))
         augmenter = random.Random(epoch_seed(params.seed, epoch))
-        n_classes = len(self.labels)
-        self._sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # plain CE, training objective
-        self._confusion = torch.zeros(n_classes * n_classes, dtype=torch.long, device=self.device)
+        self._reset_train_metrics()
         micro = params.micro_batch_size
         for rows in bucketed_batches(self.train_lengths, params.batch_size, generator):
             sequences = [self.train_ids[row] for row in rows]
@@ -403,6 +418,14 @@ class TextClassificationTrial:
                 )
                 for start in range(0, len(rows), micro)
             ]
+
+    def _reset_train_metrics(self) -> None:
+        """Zero the epoch's running training metrics (on the device)."""
+        import torch
+
+        n_classes = len(self.labels)
+        self._sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # plain CE, training objective
+        self._confusion = torch.zeros(n_classes * n_classes, dtype=torch.long, device=self.device)
 
     def train_loss(self, batch: MicroBatch) -> torch.Tensor:
         """Cross-entropy (weighted, smoothed) of one micro-batch over its step's normalizer."""

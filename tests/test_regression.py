@@ -1,0 +1,247 @@
+"""trainer.task: regression: a numeric label, one output, the label standardized, rmse / mae / r2 in units.
+
+The building blocks (trainers/regression_target.py: the scaler, the losses, the metrics; the ridge
+probe; the label checks and the plain split) and, through the CLI, a sweep of a tiny BERT on texts
+whose label counts a kind of word, with the study metric defaulting to val_rmse, minimized.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from conftest import FILLER, NEGATIVE, POSITIVE, run_cli, write_csv, write_sweep
+
+from ftsweep_common.errors import DataError
+from orchestrator.config import with_trainer_defaults
+from trainers.label_checks import numeric_labels
+from trainers.linear_probe import fit_ridge_regression
+from trainers.metrics import generalization_gap
+from trainers.regression_target import LabelScaler, RegressionSums, regression_loss
+from trainers.splits import Split, random_split_off_validation
+
+# ---- the building blocks --------------------------------------------------------------------
+
+
+def test_the_scaler_standardizes_with_the_training_labels_and_round_trips_through_json() -> None:
+    scaler = LabelScaler.fit([1.0, 3.0, 5.0, 7.0])
+
+    assert scaler.mean == 4.0 and scaler.scale == pytest.approx(math.sqrt(5.0))
+    values = torch.tensor([1.0, 4.0, 9.0], dtype=torch.float64)
+    assert torch.allclose(scaler.inverse(scaler.transform(values)), values)
+    assert LabelScaler.from_dict(json.loads(json.dumps(scaler.to_dict()))) == scaler
+
+
+def test_a_constant_label_scales_by_one_and_a_bad_scaler_is_refused() -> None:
+    assert LabelScaler.fit([2.5, 2.5]).scale == 1.0
+    for bad in ({"mean": 0.0}, {"mean": 0.0, "scale": 0.0}, {"mean": "x", "scale": 1.0}, None):
+        with pytest.raises(ValueError, match="not a label scaler"):
+            LabelScaler.from_dict(bad)
+    with pytest.raises(ValueError, match="not finite"):
+        LabelScaler.fit([1.0, math.nan])
+
+
+def test_the_losses_are_mse_huber_and_l1_on_the_standardized_scale() -> None:
+    predictions, targets = torch.tensor([0.0, 0.5, 3.0]), torch.tensor([0.0, 0.0, 0.0])
+
+    assert regression_loss("mse", predictions, targets).item() == pytest.approx((0.25 + 9.0) / 3)
+    assert regression_loss("l1", predictions, targets).item() == pytest.approx(3.5 / 3)
+    # Huber with delta 1: quadratic within one standard deviation, linear beyond.
+    assert regression_loss("huber", predictions, targets).item() == pytest.approx((0.125 + 2.5) / 3)
+    with pytest.raises(ValueError, match="allowed: mse, huber, l1"):
+        regression_loss("hinge", predictions, targets)
+
+
+def test_the_metrics_are_in_the_label_units_whatever_the_batches() -> None:
+    labels = [10.0, 20.0, 30.0, 40.0, 50.0]
+    predicted = [12.0, 18.0, 33.0, 40.0, 45.0]
+    scaler = LabelScaler.fit([0.0, 100.0])  # any scaler: the metrics undo it
+    sums = RegressionSums(scaler, "mse")
+    for rows in ([0, 1], [2, 3, 4]):  # batch by batch
+        sums.add(
+            scaler.transform(torch.tensor([predicted[r] for r in rows])),
+            scaler.transform(torch.tensor([labels[r] for r in rows])),
+        )
+
+    metrics = sums.metrics("val")
+
+    errors = [p - y for p, y in zip(predicted, labels, strict=True)]
+    mean = sum(labels) / 5
+    assert list(metrics) == ["val_loss", "val_rmse", "val_mae", "val_r2"]
+    assert metrics["val_rmse"] == pytest.approx(math.sqrt(sum(e * e for e in errors) / 5))
+    assert metrics["val_mae"] == pytest.approx(sum(abs(e) for e in errors) / 5)
+    assert metrics["val_r2"] == pytest.approx(
+        1 - sum(e * e for e in errors) / sum((y - mean) ** 2 for y in labels)
+    )
+    assert metrics["val_loss"] == pytest.approx(sum((e / scaler.scale) ** 2 for e in errors) / 5)
+
+
+def test_the_generalization_gap_grows_with_overfitting_for_errors_and_for_r2() -> None:
+    metrics = {
+        "train_rmse": 1.0,
+        "val_rmse": 3.0,
+        "train_r2": 0.9,
+        "val_r2": 0.5,
+        "train_loss": 0,
+        "val_loss": 0,
+    }
+
+    assert generalization_gap(metrics, "val_rmse") == 2.0
+    assert generalization_gap(metrics, "val_r2") == pytest.approx(0.4)
+
+
+def test_the_ridge_probe_recovers_a_linear_label_in_closed_form() -> None:
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(200, 5, generator=generator)
+    targets = features @ torch.tensor([1.0, -2.0, 0.0, 0.5, 3.0]) + 7.0
+
+    weight, bias = fit_ridge_regression(features, targets, l2=0.0)
+    shrunk, _ = fit_ridge_regression(features, targets, l2=10.0)
+
+    assert weight.shape == (1, 5) and bias.shape == (1,)
+    assert torch.allclose(weight[0], torch.tensor([1.0, -2.0, 0.0, 0.5, 3.0]), atol=1e-4)
+    assert bias.item() == pytest.approx(7.0, abs=1e-4)
+    assert shrunk.norm() < weight.norm()
+
+
+def test_a_label_that_is_not_a_finite_number_is_one_line_naming_its_row() -> None:
+    assert numeric_labels(["1", " 2.5", "-3e2"], "trainer.data.train: t.csv", "label") == [1.0, 2.5, -300.0]
+    with pytest.raises(DataError) as raised:
+        numeric_labels(["1", "many", "2", "inf", "NaN"], "trainer.data.train: t.csv", "label")
+
+    assert str(raised.value) == (
+        "trainer.data.train: t.csv has labels that are not finite numbers in column 'label': 'many', 'inf', "
+        "'NaN' (data rows 2, 4, 5 (counting from 1)); trainer.task regression needs a number in every row: "
+        "fix those labels or remove the rows"
+    )
+
+
+def test_the_validation_split_of_numbers_is_seeded_and_plain() -> None:
+    split = Split([f"t{i}" for i in range(10)], ["1.0"] * 9 + ["2.0"], "data.csv")
+
+    train, validation = random_split_off_validation(split, 0.2, seed=3)
+
+    assert (train.texts, validation.texts) == (
+        random_split_off_validation(split, 0.2, seed=3)[0].texts,
+        random_split_off_validation(split, 0.2, seed=3)[1].texts,
+    )
+    assert len(validation) == 2 and sorted(train.texts + validation.texts) == sorted(split.texts)
+    # Not stratified: a label seen once is a number like any other, not a class to keep in training.
+    seeds_holding_it_out = [
+        seed for seed in range(30) if "t9" in random_split_off_validation(split, 0.2, seed)[1].texts
+    ]
+    assert seeds_holding_it_out
+
+
+def test_task_regression_defaults_to_val_rmse_minimized_and_the_regression_space() -> None:
+    raw = {"study": {"name": "r"}, "trainer": {"name": "text-classification", "task": "regression"}}
+
+    filled = with_trainer_defaults(raw)
+
+    assert filled["study"] == {"name": "r", "metric": "val_rmse", "direction": "minimize"}
+    assert filled["search_space"] == "regression"
+    classification = with_trainer_defaults(
+        {"study": {"name": "c"}, "trainer": {"name": "text-classification"}}
+    )
+    assert (
+        classification["study"]["metric"] == "val_f1" and classification["search_space"] == "regularization"
+    )
+    r2 = with_trainer_defaults({"study": {"name": "r", "metric": "val_r2"}, "trainer": raw["trainer"]})
+    assert r2["study"]["direction"] == "maximize"
+
+
+# ---- through the CLI, with a tiny BERT ------------------------------------------------------
+
+
+def make_numeric_rows(n: int, seed: int) -> list[dict[str, str]]:
+    """Texts of 4 filler and 4 polar words; the label is 10 per positive word plus 3 (3 to 43)."""
+    rng = random.Random(seed)
+    rows = []
+    for index in range(n):
+        k = index % 5
+        words = rng.sample(FILLER, 4) + rng.sample(POSITIVE, k) + rng.sample(NEGATIVE, 4 - k)
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "label": str(10 * k + 3)})
+    return rows
+
+
+def regression_sweep(tiny_model: Path, **trainer: object) -> dict:
+    return {
+        "study": {"name": "numbers", "sampler": {"name": "tpe", "seed": 0}, "n_trials": 3},
+        "trainer": {
+            "name": "text-classification",
+            "task": "regression",
+            "loss": "huber",
+            "model": str(tiny_model),
+            "data": {"train": "data/train.csv", "validation": "data/val.csv"},
+            "max_length": 16,
+            "epochs": 2,
+            "batch_size": 8,
+            **trainer,
+        },
+        "search_space": "quick",
+        "execution": {"workers": 1},
+    }
+
+
+def one_line_error(result) -> str:  # noqa: ANN001 - a CompletedProcess
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+@pytest.mark.slow
+def test_a_regression_sweep_minimizes_val_rmse_and_final_is_refused(tmp_path: Path, tiny_model: Path) -> None:
+    write_csv(tmp_path / "data" / "train.csv", make_numeric_rows(40, seed=1))
+    write_csv(tmp_path / "data" / "val.csv", make_numeric_rows(20, seed=2))
+    write_sweep(tmp_path, regression_sweep(tiny_model))
+
+    result = run_cli(["run", "sweep.yaml"], cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    study = optuna.load_study(study_name="numbers", storage=f"sqlite:///{tmp_path / 'ftsweep.db'}")
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+    assert study.metric_names == ["val_rmse"]
+    complete = [trial for trial in study.trials if trial.state.name == "COMPLETE"]
+    assert complete and all(math.isfinite(trial.value) and trial.value > 0 for trial in complete)
+    # The first trials include the linear probe: a ridge fit, reported once, in the label's units.
+    probe = [trial for trial in complete if trial.params.get("strategy") == "linear_probe"]
+    assert probe and list(probe[0].intermediate_values) == [1]
+    best = run_cli(["best", "numbers", "--format", "json"], cwd=tmp_path)
+    assert best.returncode == 0 and '"metric": "val_rmse"' in best.stdout
+
+    line = one_line_error(run_cli(["final", "numbers"], cwd=tmp_path))
+    assert "trainer.task regression: `ftsweep final` does not fit, test or export regression models" in line
+
+
+def test_a_bad_label_row_stops_the_sweep_with_one_line(tmp_path: Path, tiny_model: Path) -> None:
+    rows = make_numeric_rows(20, seed=1)
+    rows[6]["label"] = "seven"
+    write_csv(tmp_path / "data" / "train.csv", rows)
+    write_csv(tmp_path / "data" / "val.csv", make_numeric_rows(10, seed=2))
+    write_sweep(tmp_path, regression_sweep(tiny_model))
+
+    line = one_line_error(run_cli(["run", "sweep.yaml"], cwd=tmp_path))
+
+    assert "trainer.data.train: " in line and "train.csv has labels that are not finite numbers" in line
+    assert "'seven' (data row 7 (counting from 1))" in line
+    assert not (tmp_path / "ftsweep.db").exists() or "numbers" not in optuna.get_all_study_names(
+        f"sqlite:///{tmp_path / 'ftsweep.db'}"
+    )
+
+
+def test_class_weights_are_refused_for_regression(tmp_path: Path, tiny_model: Path) -> None:
+    write_csv(tmp_path / "data" / "train.csv", make_numeric_rows(20, seed=1))
+    write_csv(tmp_path / "data" / "val.csv", make_numeric_rows(10, seed=2))
+    write_sweep(tmp_path, regression_sweep(tiny_model, params={"class_weights": "balanced"}))
+
+    line = one_line_error(run_cli(["run", "sweep.yaml"], cwd=tmp_path))
+
+    assert "class_weights" in line and "has no meaning for trainer.task regression" in line
+    assert "allowed: none" in line
