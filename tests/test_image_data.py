@@ -21,10 +21,8 @@ from trainers.image_augment import (
     BatchMixer,
     EvalTransform,
     ImageAugmentationParams,
-    ImageGeometry,
     TrainTransform,
     build_transforms,
-    load_image_geometry,
     validate_augmentation,
 )
 from trainers.image_data import (
@@ -35,6 +33,7 @@ from trainers.image_data import (
     load_image_splits,
     read_image_folder,
 )
+from trainers.image_geometry import ImageGeometry, load_image_geometry
 from trainers.tiny_image_model import build_tiny_resnet, build_tiny_vit
 
 SHAPES = Path(__file__).resolve().parents[1] / "examples" / "shapes" / "make_data.py"
@@ -414,7 +413,7 @@ def test_a_folder_without_an_image_processor_is_one_clear_line(tmp_path: Path) -
 def test_the_geometry_follows_a_processor_with_a_centre_crop() -> None:
     from transformers import DeiTImageProcessor
 
-    from trainers.image_augment import geometry_from_processor
+    from trainers.image_geometry import geometry_from_processor
 
     processor = DeiTImageProcessor(
         size={"height": 40, "width": 40},

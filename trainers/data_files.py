@@ -19,13 +19,20 @@ from pathlib import Path
 from typing import Any
 
 from ftsweep_common.errors import DataError
-from trainers.label_checks import refuse_missing_markers, require_values
+from trainers.label_checks import numeric_labels, refuse_missing_markers, require_values
 
 ALLOWED_EXTENSIONS = (".csv", ".jsonl", ".parquet")
 
 
 def read_table(
-    path: Path, text_column: str, label_column: str, *, key: str | None = None
+    path: Path,
+    text_column: str,
+    label_column: str,
+    *,
+    key: str | None = None,
+    text_setting: str = "trainer.data.text_column",
+    text_what: str = "text",
+    labels_are_numbers: bool = False,
 ) -> tuple[list[str], list[str]]:
     """Read the texts and labels of a ``.csv``, ``.jsonl`` or ``.parquet`` file.
 
@@ -37,6 +44,11 @@ def read_table(
         text_column: the column of the texts.
         label_column: the column of the labels.
         key: the sweep key naming this file (``trainer.data.train``), for messages.
+        text_setting: the setting that names ``text_column``, for messages (an image table's
+            ``trainer.data.path_column``).
+        text_what: what ``text_column`` holds, for messages (``image path``).
+        labels_are_numbers: a regression task's labels: each must be a finite number
+            (:func:`trainers.label_checks.numeric_labels`); they are still returned as strings.
 
     Returns:
         ``(texts, labels)``, aligned, in file order.
@@ -62,7 +74,7 @@ def read_table(
     reader = {".csv": _read_csv, ".jsonl": _read_jsonl, ".parquet": _read_parquet}[suffix]
     columns, rows = reader(path, [text_column, label_column], prefix)
     for column, setting, what in (
-        (text_column, "trainer.data.text_column", "text"),
+        (text_column, text_setting, text_what),
         (label_column, "trainer.data.label_column", "label"),
     ):
         if column not in columns:
@@ -76,9 +88,12 @@ def read_table(
         raise DataError(f"{prefix}{path} has no rows")
     texts = [_text_value(value) for value in texts]
     labels = [_label_value(value) for value in labels]
-    require_values(texts, f"{prefix}{path}", f"empty text in column {text_column!r}")
+    require_values(texts, f"{prefix}{path}", f"empty {text_what} in column {text_column!r}")
     require_values(labels, f"{prefix}{path}", f"empty label in column {label_column!r}")
-    refuse_missing_markers(labels, f"{prefix}{path}", label_column)
+    if labels_are_numbers:
+        numeric_labels(labels, f"{prefix}{path}", label_column)
+    else:
+        refuse_missing_markers(labels, f"{prefix}{path}", label_column)
     return texts, labels
 
 

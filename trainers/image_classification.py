@@ -85,8 +85,8 @@ class ImageClassificationTrainer(BaseTrainer):
             ModelError: when the model cannot be found, is not an image classifier, has a truncated
                 weights file or no image processor.
         """
-        from trainers.image_augment import load_image_geometry
         from trainers.image_data import load_image_splits
+        from trainers.image_geometry import load_image_geometry
 
         data = load_image_splits(self.settings.data, self.base_dir)
         self._n_train = len(data.train)

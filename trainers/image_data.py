@@ -17,7 +17,6 @@ Images are decoded with PIL only when a batch needs them (:class:`ImageDataset`,
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,30 +168,18 @@ def read_image_table(path: Path, path_column: str, label_column: str, key: str) 
         DataError: for an unreadable or empty table, a missing column, empty paths or labels,
             and listed images that do not exist (their count and the first few).
     """
+    from trainers.data_files import read_table
+
     path = Path(path)
-    if path.stat().st_size == 0:
-        raise DataError(f"{key}: {path} is empty")
-    columns, rows = _read_table(path, [path_column, label_column], key)
-    for column, setting, what in (
-        (path_column, "trainer.data.path_column", "image paths"),
-        (label_column, "trainer.data.label_column", "labels"),
-    ):
-        if column not in columns:
-            raise DataError(
-                f"{key}: {path} has no column {column!r}; its columns are: "
-                f"{', '.join(map(str, columns)) or '(none)'}; "
-                f"set {setting} to the column that holds the {what}"
-            )
-    values, labels = (
-        [_cell(value) for value in rows[path_column]],
-        [_label(value) for value in rows[label_column]],
+    values, labels = read_table(
+        path,
+        path_column,
+        label_column,
+        key=key,
+        text_setting="trainer.data.path_column",
+        text_what="image path",
     )
-    if not values:
-        raise DataError(f"{key}: {path} has no rows")
-    for column, cells in ((path_column, values), (label_column, labels)):
-        blank = [number for number, cell in enumerate(cells, start=1) if not cell]
-        if blank:
-            raise DataError(f"{key}: {path} has an empty value in column {column!r} in {_rows(blank)}")
+    values = [value.strip() for value in values]
     paths = [_resolve(value, path.parent) for value in values]
     missing = [value for value, image in zip(values, paths, strict=True) if not image.is_file()]
     if missing:
@@ -316,40 +303,6 @@ def _require_known_labels(split: ImageSplit, labels: list[str], key: str) -> Non
         )
 
 
-def _read_table(path: Path, wanted: list[str], key: str) -> tuple[list[str], dict[str, list[Any]]]:
-    """``(columns, {wanted column: values})`` of a table, read with pandas."""
-    import pandas as pd
-
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".csv":
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8")
-        elif suffix == ".jsonl":
-            frame = pd.read_json(path, lines=True, dtype=False, encoding="utf-8")
-        else:
-            frame = pd.read_parquet(path)
-    except pd.errors.EmptyDataError as error:
-        raise DataError(f"{key}: {path} is empty") from error
-    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as error:
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        kind = {".csv": "CSV", ".jsonl": "JSON lines", ".parquet": "Parquet"}[suffix]
-        raise DataError(f"{key}: {path} cannot be read as {kind}: {first}") from error
-    columns = [str(column) for column in frame.columns]
-    return columns, {column: frame[column].tolist() for column in wanted if column in frame.columns}
-
-
-def _cell(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return str(value).strip()
-
-
-def _label(value: Any) -> str:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)  # a parquet 1.0 and a csv "1" are the same class
-    return _cell(value)
-
-
 def _resolve(value: str, folder: Path) -> Path:
     path = Path(value).expanduser()
     return path if path.is_absolute() else folder / path
@@ -372,10 +325,6 @@ def _unreadable(path: Path) -> str | None:
 def _names(items: Sequence[str]) -> str:
     shown = ", ".join(str(item) for item in items[:_SHOWN])
     return shown + (f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else "")
-
-
-def _rows(rows: list[int]) -> str:
-    return f"data row{'s' if len(rows) > 1 else ''} {_names([str(row) for row in rows])} (counting from 1)"
 
 
 # --------------------------------------------------------------------------------------------

@@ -124,7 +124,8 @@ class ImageClassificationTrial:
     def _setup_data(self) -> None:
         import torch
 
-        from trainers.image_augment import build_transforms, load_image_geometry
+        from trainers.image_augment import build_transforms
+        from trainers.image_geometry import load_image_geometry
         from trainers.regularization import class_weights
 
         data = self._load_data()
