@@ -266,10 +266,11 @@ def _merged_lines(go: Any, trials: list[TrialRow], name: str, colour: str, opaci
         x=xs,
         y=ys,
         text=texts,
-        mode="lines",
+        mode="lines+markers",  # a trial of one epoch is a point, not an invisible line
         name=name,
         opacity=opacity,
         line={"color": colour, "width": width},
+        marker={"size": 2 + 2 * width},
         hovertemplate="%{text}<br>epoch %{x}: %{y:.4g}<extra></extra>",
     )
 

@@ -190,7 +190,9 @@ def _curves(figure: Any, data: ReportData) -> None:
         steps = sorted(trial.curve.items())
         colour = {"PRUNED": PRUNED, "FAIL": FAILED}.get(trial.state, COMPLETE)
         alpha = 0.35 if trial.state != "COMPLETE" else 0.6
-        ax.plot([s for s, _ in steps], [v for _, v in steps], color=colour, alpha=alpha, lw=1)
+        ax.plot(
+            [s for s, _ in steps], [v for _, v in steps], color=colour, alpha=alpha, lw=1, marker="o", ms=2
+        )
     if best is not None and best.curve:
         steps = sorted(best.curve.items())
         ax.plot(
@@ -198,6 +200,8 @@ def _curves(figure: Any, data: ReportData) -> None:
             [v for _, v in steps],
             color=BEST,
             lw=3,
+            marker="o",
+            ms=5,
             label=f"best (trial {best.number})",
         )
     ax.set_xlabel("epoch")
