@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import FILLER, NEGATIVE, POSITIVE, run_cli, write_csv, write_sweep
 
-from ftsweep_common.errors import DataError
+from ftsweep_common.errors import ConfigError, DataError
 from orchestrator.config import with_trainer_defaults
 from trainers.label_checks import numeric_labels
 from trainers.linear_probe import fit_ridge_regression
@@ -155,6 +155,45 @@ def test_task_regression_defaults_to_val_rmse_minimized_and_the_regression_space
     assert r2["study"]["direction"] == "maximize"
 
 
+def test_planning_a_regression_sweep_takes_the_regression_space_and_refuses_class_keys(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    from orchestrator.config import validate_sweep
+    from orchestrator.plan import plan_sweep
+
+    write_csv(tmp_path / "data" / "train.csv", make_numeric_rows(20, seed=1))
+    write_csv(tmp_path / "data" / "val.csv", make_numeric_rows(10, seed=2))
+    raw = regression_sweep(tiny_model)
+    del raw["search_space"]
+
+    plan = plan_sweep(validate_sweep(raw, base_dir=tmp_path, source="sweep.yaml"))
+
+    assert (plan.sweep.study.metric, plan.sweep.study.direction) == ("val_rmse", "minimize")
+    assert "label_smoothing" not in plan.space.names and "strategy" in plan.space.names
+    with pytest.raises(ConfigError) as raised:
+        plan_sweep(
+            validate_sweep({**raw, "search_space": "robustness"}, base_dir=tmp_path, source="sweep.yaml")
+        )
+    assert "class_weights: 'balanced' has no meaning for trainer.task regression" in str(raised.value)
+    assert "label_smoothing: 0.2 has no meaning for trainer.task regression" in str(raised.value)
+    with pytest.raises(ConfigError, match="study.metric: 'val_f1' is not a metric"):
+        plan_sweep(
+            validate_sweep({**raw, "study": {**raw["study"], "metric": "val_f1"}}, tmp_path, "sweep.yaml")
+        )
+
+
+def test_a_loss_is_refused_for_classification(tmp_path: Path, tiny_model: Path) -> None:
+    from orchestrator.config import validate_sweep
+    from orchestrator.plan import build_trainer
+
+    raw = regression_sweep(tiny_model)
+    raw["trainer"] = {key: value for key, value in raw["trainer"].items() if key != "task"}
+
+    with pytest.raises(ConfigError) as raised:
+        build_trainer(validate_sweep(raw, base_dir=tmp_path, source="sweep.yaml"))
+    assert "loss 'huber' applies to task regression" in str(raised.value)
+
+
 # ---- through the CLI, with a tiny BERT ------------------------------------------------------
 
 
@@ -223,6 +262,7 @@ def test_a_regression_sweep_minimizes_val_rmse_and_final_is_refused(tmp_path: Pa
 def test_a_bad_label_row_stops_the_sweep_with_one_line(tmp_path: Path, tiny_model: Path) -> None:
     rows = make_numeric_rows(20, seed=1)
     rows[6]["label"] = "seven"
+    rows[9]["label"] = "nan"  # a number's missing value: named as such, never "a class of its own"
     write_csv(tmp_path / "data" / "train.csv", rows)
     write_csv(tmp_path / "data" / "val.csv", make_numeric_rows(10, seed=2))
     write_sweep(tmp_path, regression_sweep(tiny_model))
@@ -230,7 +270,7 @@ def test_a_bad_label_row_stops_the_sweep_with_one_line(tmp_path: Path, tiny_mode
     line = one_line_error(run_cli(["run", "sweep.yaml"], cwd=tmp_path))
 
     assert "trainer.data.train: " in line and "train.csv has labels that are not finite numbers" in line
-    assert "'seven' (data row 7 (counting from 1))" in line
+    assert "'seven', 'nan' (data rows 7, 10 (counting from 1))" in line
     assert not (tmp_path / "ftsweep.db").exists() or "numbers" not in optuna.get_all_study_names(
         f"sqlite:///{tmp_path / 'ftsweep.db'}"
     )

@@ -19,7 +19,7 @@ from pydantic import Field, model_validator
 from ftsweep_common.errors import DataError
 from trainers.base import StrictModel
 from trainers.data_files import read_table
-from trainers.label_checks import numeric_labels, require_known_labels
+from trainers.label_checks import require_known_labels
 from trainers.splits import (
     Split,
     random_sample,
@@ -160,9 +160,7 @@ def load_regression_splits(
     """
 
     def read(value: str, key: str) -> Split:
-        split = _read_split(value, key, settings, base_dir)
-        numeric_labels(split.labels, f"{key}: {split.source}", settings.label_column)
-        return split
+        return _read_split(value, key, settings, base_dir, labels_are_numbers=True)
 
     train = read(settings.train, "trainer.data.train")
     validation = read(settings.validation, "trainer.data.validation") if settings.validation else None
@@ -174,7 +172,11 @@ def load_regression_splits(
     return LabelledData(train=train, validation=validation, test=test, labels=[])
 
 
-def _read_split(value: str, key: str, settings: DataSettings, base_dir: Path) -> Split:
+def _read_split(
+    value: str, key: str, settings: DataSettings, base_dir: Path, labels_are_numbers: bool = False
+) -> Split:
     path = resolve_path(value, base_dir)
-    texts, labels = read_table(path, settings.text_column, settings.label_column, key=key)
+    texts, labels = read_table(
+        path, settings.text_column, settings.label_column, key=key, labels_are_numbers=labels_are_numbers
+    )
     return Split(texts, labels, str(path))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from trainers.base import StrictModel
 from trainers.data import DataSettings
@@ -105,6 +105,15 @@ class TextClassificationSettings(StrictModel):
             "and disk at the cost of half-precision rounding of the frozen layers' output."
         ),
     )
+
+    @model_validator(mode="after")
+    def _loss_is_for_regression(self) -> TextClassificationSettings:
+        if "loss" in self.model_fields_set and self.task != "regression":
+            raise ValueError(
+                f"loss {self.loss!r} applies to task regression; classification always trains cross-entropy: "
+                "remove trainer.loss or set trainer.task: regression"
+            )
+        return self
 
 
 class TextClassificationParams(TrainingParams):
