@@ -8,7 +8,7 @@ stale-heartbeat query. It also tunes MLflow's SQLite engine (write-ahead logging
 tracking store. Nothing else in ftsweep names a private attribute of either library: when an
 upgrade moves one, this module (and ``tests/test_store_adapter.py``) is the one place to fix.
 
-Tested against **Optuna 5.0.0** and **MLflow 3.17.2** (SQLAlchemy 2.1.9). On first use each
+Tested against **Optuna 5.1.0** and **MLflow 3.17.2** (SQLAlchemy 2.1.9). On first use each
 function checks that the attributes it needs are where these versions keep them, and raises
 :class:`StoreAdapterError` naming the attribute and the installed version otherwise: a moved
 attribute stops the sweep with that message instead of silently mis-resuming (e.g. never
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import optuna
 
 #: The versions this module was written and tested against.
-TESTED_OPTUNA = "5.0.0"
+TESTED_OPTUNA = "5.1.0"
 TESTED_MLFLOW = "3.17.2"
 
 __all__ = [
