@@ -274,3 +274,14 @@ def test_the_report_at_the_end_of_a_sweep_can_be_turned_off(
     monkeypatch.setenv("FTSWEEP_REPORT", "off")
     assert start_in_background(StoreLocation.resolve(f"sqlite:///{tmp_path / 'x.db'}"), "x") is None
     assert not (tmp_path / "ftsweep-runs").exists()
+
+
+@pytest.mark.slow
+def test_resume_makes_the_report_again(finished_sweep: Path) -> None:
+    # Last in this file: the report it starts rewrites the files the tests above read.
+    html = finished_sweep / "ftsweep-runs" / STUDY / "report" / "report.html"
+    before = html.stat().st_mtime_ns
+    result = run_cli(["resume", STUDY], cwd=finished_sweep)
+    assert result.returncode == 0, result.stderr
+    assert f"report: {html} (drawn in the background" in result.stderr
+    wait_for(lambda: html.stat().st_mtime_ns != before, "the report drawn again")
