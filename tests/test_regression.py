@@ -15,14 +15,14 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from conftest import FILLER, NEGATIVE, POSITIVE, run_cli, write_csv, write_sweep
+from conftest import FILLER, NEGATIVE, POSITIVE, mlflow_runs, run_cli, write_csv, write_sweep
 
 from ftsweep_common.errors import ConfigError, DataError
 from orchestrator.config import with_trainer_defaults
 from trainers.label_checks import numeric_labels
 from trainers.linear_probe import fit_ridge_regression
 from trainers.metrics import generalization_gap
-from trainers.regression_target import LabelScaler, RegressionSums, regression_loss
+from trainers.regression_target import LabelScaler, RegressionSums, regression_loss, regression_metric_names
 from trainers.splits import Split, random_split_off_validation
 
 # ---- the building blocks --------------------------------------------------------------------
@@ -136,6 +136,20 @@ def test_the_validation_split_of_numbers_is_seeded_and_plain() -> None:
         seed for seed in range(30) if "t9" in random_split_off_validation(split, 0.2, seed)[1].texts
     ]
     assert seeds_holding_it_out
+
+
+def test_load_splits_for_regression_holds_out_a_plain_split_and_keeps_no_classes(tmp_path: Path) -> None:
+    from trainers.data import DataSettings, load_splits
+
+    write_csv(tmp_path / "train.csv", make_numeric_rows(30, seed=1))
+    settings = DataSettings(train="train.csv", validation_fraction=0.2, max_train_samples=12)
+
+    data = load_splits(settings, tmp_path, task="regression")
+
+    assert (len(data.train), len(data.validation), data.labels, data.test) == (12, 6, [], None)
+    assert all(value in {3.0, 13.0, 23.0, 33.0, 43.0} for value in data.train.values())
+    again = load_splits(settings, tmp_path, task="regression")
+    assert (again.train.texts, again.validation.texts) == (data.train.texts, data.validation.texts)
 
 
 def test_task_regression_defaults_to_val_rmse_minimized_and_the_regression_space() -> None:
@@ -252,6 +266,8 @@ def test_a_regression_sweep_minimizes_val_rmse_and_final_is_refused(tmp_path: Pa
     # The first trials include the linear probe: a ridge fit, reported once, in the label's units.
     probe = [trial for trial in complete if trial.params.get("strategy") == "linear_probe"]
     assert probe and list(probe[0].intermediate_values) == [1]
+    _, children, _ = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "numbers")
+    assert children and all(set(regression_metric_names()) <= set(run.data.metrics) for run in children)
     best = run_cli(["best", "numbers", "--format", "json"], cwd=tmp_path)
     assert best.returncode == 0 and '"metric": "val_rmse"' in best.stdout
 
