@@ -20,6 +20,7 @@ from trainers.text_trial import MicroBatch, TextClassificationTrial
 if TYPE_CHECKING:
     import torch
 
+    from trainers.data import LabelledData
     from trainers.splits import Split
 
 
@@ -28,26 +29,25 @@ class TextRegressionTrial(TextClassificationTrial):
 
     metric_names = TEXT_REGRESSION_METRIC_NAMES
     default_metric = "val_rmse"
+    scaler: LabelScaler
 
-    def _setup_data(self) -> None:
-        self.scaler: LabelScaler | None = None
-        super()._setup_data()
+    def _load_data(self) -> LabelledData:
+        """The splits, and the label's scaler fitted on the training split (only)."""
+        data = super()._load_data()
+        self.scaler = LabelScaler.fit(data.train.values())
+        self.ctx.log(f"label standardized: mean {self.scaler.mean:.6g}, sd {self.scaler.scale:.6g}")
+        return data
 
     def _label_tensor(self, split: Split) -> torch.Tensor:
-        """The split's labels standardized by the training split's scaler (fitted on the first call)."""
+        """The split's labels standardized by the training split's scaler."""
         import torch
 
-        values = split.values()
-        if self.scaler is None:  # _setup_data reads the training split first
-            self.scaler = LabelScaler.fit(values)
-            self.ctx.log(f"label standardized: mean {self.scaler.mean:.6g}, sd {self.scaler.scale:.6g}")
-        return self.scaler.transform(torch.tensor(values, dtype=torch.float64)).float()
+        return self.scaler.transform(torch.tensor(split.values(), dtype=torch.float64)).float()
 
     def _head_config(self) -> dict[str, Any]:
         return {"num_labels": 1, "problem_type": "regression"}
 
     def _new_sums(self) -> RegressionSums:
-        assert self.scaler is not None  # set by _setup_data
         return RegressionSums(self.scaler, self.settings.loss, self.device)
 
     def _probe_fit(
@@ -56,7 +56,6 @@ class TextRegressionTrial(TextClassificationTrial):
         """A ridge regression on the standardized label, in closed form, scored in the label's units."""
         from trainers.linear_probe import fit_regression_probe
 
-        assert self.scaler is not None  # set by _setup_data
         return fit_regression_probe(features, labels, self.params.probe_l2, self.scaler, self.settings.loss)
 
     # ---- the task the engine trains (trainers.engine.TrainingTask) ----------------------------
