@@ -23,6 +23,7 @@ import datetime
 import json
 import math
 import random
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,7 +214,7 @@ def collect(location: StoreLocation, study_name: str, *, read_mlflow: bool = Tru
     data = from_study(study)
     sweep = _stored_sweep(study, location, data)
     if sweep is not None:
-        data.metric, data.direction = sweep.study.metric, sweep.study.direction
+        data.metric, data.direction = _first(sweep.study.metric), _first(sweep.study.direction)
         data.budget = sweep.study.n_trials
         if read_mlflow and sweep.tracking.enabled:
             _read_mlflow(data, sweep.tracking_location.uri, sweep.experiment_name)
@@ -224,6 +225,11 @@ def collect(location: StoreLocation, study_name: str, *, read_mlflow: bool = Tru
             )
     data.final = read_final(location.study_dir(study_name) / "final")
     return data
+
+
+def _first(value: Any) -> Any:
+    """A study key's value, or its first item where a study of several objectives gives a list."""
+    return value[0] if isinstance(value, list | tuple) and value else value
 
 
 def _stored_sweep(study: optuna.Study, location: StoreLocation, data: ReportData) -> Any:
@@ -244,13 +250,14 @@ def from_study(study: optuna.Study) -> ReportData:
     from orchestrator.study import DEVICE_ATTR, RUN_ID_ATTR
 
     frozen = study.get_trials(deepcopy=False)
-    direction = "maximize" if study.direction.name == "MAXIMIZE" else "minimize"
+    # A study of several objectives: the figures draw its first one (and say so, below).
+    direction = "maximize" if study.directions[0].name == "MAXIMIZE" else "minimize"
     metric = (study.metric_names or ["value"])[0]
     trials = [
         TrialRow(
             number=t.number,
             state=t.state.name,
-            value=t.value if t.values is not None and len(t.values) == 1 else None,
+            value=t.values[0] if t.values else None,
             params=dict(t.params),
             curve={int(step): float(v) for step, v in t.intermediate_values.items()},
             device=t.user_attrs.get(DEVICE_ATTR),
@@ -266,6 +273,10 @@ def from_study(study: optuna.Study) -> ReportData:
             if isinstance(distribution, FloatDistribution | IntDistribution):
                 log_scale.setdefault(name, bool(distribution.log))
     data = ReportData(study.study_name, metric, direction, None, trials, log_scale)
+    if len(study.directions) > 1:
+        data.notes.append(
+            f"this study has {len(study.directions)} objectives: the figures show the first one, {metric}"
+        )
     _importances(study, data)
     return data
 
@@ -284,7 +295,15 @@ def _importances(study: optuna.Study, data: ReportData) -> None:
         data.importance_note = f"needs at least 2 complete trials with parameters; the study has {n_complete}"
         return
     try:
-        importances = optuna.importance.get_param_importances(study)
+        if len(study.directions) > 1:  # the first objective, lower is better for the evaluator
+            sign = -1.0 if data.maximize else 1.0
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "low target values": as meant
+                importances = optuna.importance.get_param_importances(
+                    study, target=lambda t: sign * t.values[0]
+                )
+        else:
+            importances = optuna.importance.get_param_importances(study)
     except Exception as error:  # noqa: BLE001 - an evaluator's refusal is a note, not a failed report
         data.importance_note = f"Optuna could not rank the parameters: {error}"
         return

@@ -285,3 +285,20 @@ def test_resume_makes_the_report_again(finished_sweep: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert f"report: {html} (drawn in the background" in result.stderr
     wait_for(lambda: html.stat().st_mtime_ns != before, "the report drawn again")
+
+
+def test_a_study_of_two_objectives_is_drawn_on_its_first_and_says_so() -> None:
+    import optuna
+
+    from orchestrator.report_data import from_study
+    from orchestrator.report_figures import draw_all
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for number in range(6):
+        study.enqueue_trial({"dropout": number / 10})
+        study.optimize(lambda t: (t.suggest_float("dropout", 0, 1), 1 - t.params["dropout"]), n_trials=1)
+    data = from_study(study)
+    assert "this study has 2 objectives: the figures show the first one" in data.notes[0]
+    assert data.best is not None and data.best.params == {"dropout": 0.5}
+    drawn = {item.key: item.figure is not None for item in draw_all(data)}
+    assert drawn["history"] and drawn["importances"] and drawn["top"]
