@@ -18,6 +18,7 @@ from ftsweep_common.errors import DataError
 from trainers.base import TrialContext
 from trainers.image_classification import ImageClassificationTrainer
 from trainers.image_trial import ImageClassificationTrial
+from trainers.regularization import find_blocks
 
 sys.path.insert(0, str(REPO_ROOT / "examples" / "shapes"))
 from make_data import CLASSES, make_shapes  # noqa: E402
@@ -241,3 +242,43 @@ def test_a_broken_image_in_a_dataloader_worker_is_one_line(
     trial.close()
     message = str(caught.value)
     assert "\n" not in message and broken.name in message and "cannot be read as an image" in message
+
+
+@pytest.mark.parametrize("kind", ["vit", "resnet"])
+@pytest.mark.parametrize("augmentation", [{}, {"hflip": 1.0}], ids=["plain", "hflip"])
+def test_the_feature_cache_serves_the_frozen_stages_with_the_same_metrics(
+    shapes: Path, models: dict[str, Path], kind: str, augmentation: dict
+) -> None:
+    results, calls, logs = {}, {}, {}
+    for cache in (True, False):
+        trainer = trainer_for(models[kind], shapes, feature_cache=cache)
+        lines: list[str] = []
+        params = {"epochs": 2, "batch_size": 8, "freeze_depth": 1, "learning_rate": 1e-3, **augmentation}
+        ctx = TrialContext(trial_number=0, params=params, metric="val_f1", logger=lines.append)
+        trial = ImageClassificationTrial(trainer, ctx, trainer.Params(**params))
+        trial.setup()
+        first_frozen_stage = find_blocks(trial.model)[1][0]
+        inner = next(
+            module
+            for module in first_frozen_stage.modules()
+            if isinstance(module, torch.nn.Linear | torch.nn.Conv2d)
+        )
+        count = [0]
+
+        def counted(*_: object, count: list[int] = count) -> None:
+            count[0] += 1
+
+        inner.register_forward_hook(counted)
+        try:
+            results[cache] = trial.engine.train(trial)
+        finally:
+            trial.close()
+        calls[cache], logs[cache] = count[0], lines
+    assert results[True] == pytest.approx(results[False], abs=1e-6)
+    assert calls[False] > 0
+    if augmentation:  # training images are augmented: only validation is served
+        assert any("train not cached" in line for line in logs[True])
+        assert 0 < calls[True] < calls[False]
+    else:  # the frozen stage never runs once its states are in memory
+        assert any("served from memory for validation, train" in line for line in logs[True])
+        assert calls[True] == 0

@@ -62,7 +62,12 @@ class ModelPatch:
             if self.served is None:
                 return original(*args, **kwargs)
             input_ids = kwargs.get("input_ids", args[0] if args else None)
-            if input_ids is not None and tuple(input_ids.shape) != tuple(self.served.shape[:2]):
+            # Token ids must match the served states; an image model's placeholder pixels need not.
+            if (
+                input_ids is not None
+                and not input_ids.is_floating_point()
+                and tuple(input_ids.shape) != tuple(self.served.shape[:2])
+            ):
                 raise RuntimeError(
                     f"feature cache: served states of shape {tuple(self.served.shape)} for input ids of "
                     "shape "

@@ -63,6 +63,19 @@ class ImageClassificationSettings(StrictModel):
     channels_last: bool = Field(
         True, description="On a GPU, keep the model and the images in channels-last memory format."
     )
+    feature_cache: bool = Field(
+        True,
+        description=(
+            "With freeze_depth k > 0, compute the output of the frozen stem and stages once per image and "
+            "serve it in every epoch: for validation always, for training when no augmentation acts "
+            "(every per-image augmentation off, no mixup / cutmix). In this trial's memory only."
+        ),
+    )
+    feature_cache_mb: int = Field(
+        1024,
+        ge=0,
+        description="Megabytes of frozen-stage states a trial keeps; a split beyond it runs uncached.",
+    )
     eval_cache_mb: int = Field(
         256,
         ge=0,

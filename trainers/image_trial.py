@@ -10,8 +10,9 @@ and accuracy / macro F1. :class:`trainers.engine.Engine` does the rest.
 
 Validation (and test) images go through the evaluation transform only: resize, centre crop,
 normalize. They are decoded once per trial and kept in memory when they fit in
-``eval_cache_mb``. The frozen-stage feature cache of the text recipe is not used here (see the
-README: it stores per-token states keyed by token ids).
+``eval_cache_mb``. With ``freeze_depth`` > 0 the frozen stages' output is computed once per image
+and served back (:mod:`trainers.image_features`): for validation always, for training when no
+augmentation acts before the frozen part.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ if TYPE_CHECKING:
     import torch
 
     from trainers.base import TrialContext
+    from trainers.image_features import FrozenImageFeatures
 
-#: One training micro-batch: images, hard labels, soft targets (None without mixup / cutmix), normalizer.
+#: One training micro-batch: images (or the frozen stages' states when served from the feature cache),
+#: hard labels, soft targets (None without mixup / cutmix), the step's normalizer.
 MicroBatch = tuple["torch.Tensor", "torch.Tensor", "torch.Tensor | None", float]
 
 
@@ -89,6 +92,9 @@ class ImageClassificationTrial:
                 f"allowed: {', '.join(IMAGE_METRIC_NAMES)}"
             )
         self._loader: Any = None
+        self.features: FrozenImageFeatures | None = None
+        #: The frozen stages' states of the training images in index order, when training is served.
+        self.train_states: torch.Tensor | None = None
 
     # ---- setup ---------------------------------------------------------------------------
 
@@ -114,6 +120,7 @@ class ImageClassificationTrial:
         self.engine = Engine(self.ctx, params, self.runtime, self.metric)
         self._setup_data()
         self._setup_model()
+        self._setup_features()
 
     def _load_data(self) -> LabelledImages:
         """The splits this run trains and scores on: a trial never reads the test split."""
@@ -214,6 +221,55 @@ class ImageClassificationTrial:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
 
+    def _setup_features(self) -> None:
+        """Serve the frozen stages from memory (see :mod:`trainers.image_features`) where that is exact."""
+        import torch
+
+        from trainers.image_features import FrozenImageFeatures, batched_states
+
+        params, settings = self.params, self.settings
+        if not settings.feature_cache or params.freeze_depth == 0:
+            return
+        if self.validation is None:
+            self.ctx.log("feature cache off: the validation images exceed eval_cache_mb")
+            return
+        features = FrozenImageFeatures(
+            self.model, params.freeze_depth, self.runtime.autocast, self.runtime.to_device
+        )
+        probe_images = self.validation[0][0]
+        if not features.probe(probe_images):
+            features.close()
+            self.ctx.log("feature cache off: the model's output differs when its frozen stages are served")
+            return
+        limit = settings.feature_cache_mb * 2**20
+        one = features.states(probe_images[:1])
+        per_image = one.element_size() * one.numel()
+        if per_image * len(self.validation_set) > limit:
+            features.close()
+            self.ctx.log(
+                f"feature cache off: the validation states exceed feature_cache_mb ({limit >> 20} MB)"
+            )
+            return
+        self.features = features
+        self.validation = batched_states(features, self.validation)
+        served = ["validation"]
+        if params.per_image or params.per_batch:
+            self.ctx.log("feature cache: train not cached (an augmentation acts before the frozen stages)")
+        elif per_image * (len(self.validation_set) + self.n_train) <= limit:
+            batches = self._batches(self._loader_for(self.train_set, self.eval_size, shuffle=False))
+            self.train_states = torch.cat([features.states(images) for images, _ in batches])
+            served.append("train")
+        self.ctx.log(f"feature cache: frozen stages served from memory for {', '.join(served)}")
+
+    def _model_inputs(
+        self, inputs: torch.Tensor, served: bool
+    ) -> contextlib.AbstractContextManager[torch.Tensor]:
+        """Within the block, the images to call the model with: ``inputs`` themselves, or, when
+        ``served``, placeholders while ``inputs`` (the frozen stages' states) are served."""
+        if not served or self.features is None:
+            return contextlib.nullcontext(inputs)
+        return self.features.serving(inputs)
+
     def _to_device(self, images: torch.Tensor) -> torch.Tensor:
         import torch
 
@@ -230,16 +286,13 @@ class ImageClassificationTrial:
         from trainers.image_augment import BatchMixer
 
         params = self.params
-        if self._loader is None:  # one loader per trial: its workers persist across epochs
-            self._loader = self._loader_for(self.train_set, params.batch_size, shuffle=True, epoch=epoch)
-        self._loader.sampler.set_epoch(epoch)
         mixer = BatchMixer(params.mixup_alpha, params.cutmix_alpha, len(self.labels))
         generator = torch.Generator().manual_seed(epoch_seed(params.seed, epoch))
         n_classes = len(self.labels)
         self._sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # plain CE, training objective
         self._confusion = torch.zeros(n_classes * n_classes, dtype=torch.long, device=self.device)
         micro = params.micro_batch_size
-        for images, labels in self._batches(self._loader):
+        for images, labels in self._epoch_batches(epoch):
             targets: torch.Tensor | None = None
             if mixer.enabled:
                 images, targets = mixer(images, labels, generator)
@@ -253,6 +306,25 @@ class ImageClassificationTrial:
                 )
                 for start in range(0, len(labels), micro)
             ]
+
+    def _epoch_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The epoch's ``(images, labels)`` batches; ``(states, labels)`` when training is served (the
+        same rows in the same order: the DataLoader's sampler)."""
+        from trainers.image_data import EpochSampler
+
+        if self.train_states is not None:
+            sampler = EpochSampler(self.n_train, self.params.seed, shuffle=True)
+            sampler.set_epoch(epoch)
+            order = [index for index, _ in sampler]
+            size = self.params.batch_size
+            for start in range(0, len(order), size):
+                rows = order[start : start + size]
+                yield self.train_states[rows], self.train_labels[rows]
+            return
+        if self._loader is None:  # one loader per trial: its workers persist across epochs
+            self._loader = self._loader_for(self.train_set, self.params.batch_size, shuffle=True, epoch=epoch)
+        self._loader.sampler.set_epoch(epoch)
+        yield from self._batches(self._loader)
 
     def _normalizer(self, labels: torch.Tensor, targets: torch.Tensor | None) -> float:
         """What the step's summed loss is divided by: the batch's (class-weighted) size."""
@@ -269,10 +341,9 @@ class ImageClassificationTrial:
         import torch.nn.functional as F  # noqa: N812 - the usual name
 
         images, labels, targets, normalizer = batch
-        images = self._to_device(images)
         labels = self.runtime.to_device(labels)
-        with self.runtime.autocast():
-            logits = self.model(pixel_values=images).logits.float()
+        with self._model_inputs(images, self.train_states is not None) as inputs, self.runtime.autocast():
+            logits = self.model(pixel_values=self._to_device(inputs)).logits.float()
         target = self.runtime.to_device(targets) if targets is not None else labels
         per_example = F.cross_entropy(
             logits,
@@ -339,9 +410,11 @@ class ImageClassificationTrial:
         confusion = torch.zeros(n_classes * n_classes, dtype=torch.long, device=self.device)
         count = 0
         with torch.inference_mode(), self.runtime.autocast():
+            served = self.features is not None  # the kept validation batches hold states then
             for images, labels in batches:
                 labels = self.runtime.to_device(labels)
-                logits = self.model(pixel_values=self._to_device(images)).logits.float()
+                with self._model_inputs(images, served) as inputs:
+                    logits = self.model(pixel_values=self._to_device(inputs)).logits.float()
                 loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
                 confusion.index_add_(0, labels * n_classes + logits.argmax(dim=-1), torch.ones_like(labels))
                 count += len(labels)
@@ -349,9 +422,12 @@ class ImageClassificationTrial:
         return loss_sum.item() / max(count, 1), accuracy, f1
 
     def close(self) -> None:
-        """Stop the DataLoader's workers."""
+        """Stop the DataLoader's workers; give the model its own forward back."""
         with contextlib.suppress(Exception):
             iterator = getattr(self._loader, "_iterator", None)
             if iterator is not None:
                 iterator._shutdown_workers()
         self._loader = None
+        if self.features is not None:
+            self.features.close()
+            self.features = None
