@@ -25,6 +25,10 @@ DEFAULT_ROWS = 200
 #: takes seconds, plain text a few hundredths.
 RICH_ROWS = 1000
 COLUMNS = ("trial", "state", "value", "epochs", "duration", "params", "reason")
+#: The summary's name for the trials ``study.warm_start`` copied from an earlier study (never ran here).
+WARM_STARTED = "WARM-STARTED"
+#: The ids of those trials (``:w`` is the user attribute that marks them).
+_WARM_TRIALS = "SELECT trial_id FROM trial_user_attributes WHERE key = :w"
 
 
 @dataclass
@@ -109,17 +113,22 @@ def _read(
         raise StudyNotFound(
             f"no study {study_name!r} in {where}; studies there: {', '.join(names) or 'none'}"
         )
-    from orchestrator.study import sweep_records
+    from orchestrator.study import WARM_START_ATTR, sweep_records
 
-    key = {"s": study_id}
+    key: dict[str, Any] = {"s": study_id, "w": WARM_START_ATTR}
     sweep = sweep_records(connection, study_id).get(study_id, {}).get("sweep", {})
     study_section = sweep.get("study", {})
     direction = study_section.get("direction", "maximize")
+    # Trials study.warm_start copied from an earlier study are counted apart: they never ran here.
     counts: Counter[str] = Counter(
         {
-            state: n
-            for state, n in connection.execute(
-                text("SELECT state, COUNT(*) FROM trials WHERE study_id = :s GROUP BY state"), key
+            (WARM_STARTED if warm else state): n
+            for state, warm, n in connection.execute(
+                text(
+                    f"SELECT state, trial_id IN ({_WARM_TRIALS}) AS warm, COUNT(*) FROM trials "
+                    "WHERE study_id = :s GROUP BY state, warm"
+                ),
+                key,
             )
         }
     )
@@ -132,6 +141,7 @@ def _read(
         text(
             "SELECT t.number, v.value FROM trial_values v JOIN trials t ON t.trial_id = v.trial_id "
             "WHERE t.study_id = :s AND t.state = 'COMPLETE' AND v.objective = 0 AND v.value IS NOT NULL "
+            f"AND t.trial_id NOT IN ({_WARM_TRIALS}) "
             f"ORDER BY v.value {order}, t.number LIMIT 1"
         ),
         key,
@@ -215,7 +225,7 @@ def _cells(row: dict[str, Any]) -> list[str]:
 
 def summary_line(data: StatusData) -> str:
     """``30 trials: 10 complete, ...; budget 35; best val_f1 0.29 (trial 29)``."""
-    states = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
+    states = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING", WARM_STARTED)
     parts = [f"{data.counts.get(state, 0)} {state.lower()}" for state in states if data.counts.get(state)]
     line = f"{data.total} trials: {', '.join(parts) or 'none yet'}"
     if data.budget:

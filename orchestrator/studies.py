@@ -67,7 +67,11 @@ def list_studies(location: StoreLocation) -> list[StudyRow]:
 
 
 def _read(connection: Any, text: Any) -> list[StudyRow]:
-    from orchestrator.study import sweep_records
+    from orchestrator.study import WARM_START_ATTR, sweep_records
+
+    # Trials study.warm_start copied from an earlier study never ran here: no budget, not the best.
+    own = "trial_id NOT IN (SELECT trial_id FROM trial_user_attributes WHERE key = :w)"
+    warm = {"w": WARM_START_ATTR}
 
     names = dict(connection.execute(text("SELECT study_id, study_name FROM studies")).all())
     directions = {
@@ -80,8 +84,9 @@ def _read(connection: Any, text: Any) -> list[StudyRow]:
     for study_id, n in connection.execute(
         text(
             "SELECT study_id, COUNT(*) FROM trials WHERE state IN ('COMPLETE', 'PRUNED', 'FAIL') "
-            "GROUP BY study_id"
-        )
+            f"AND {own} GROUP BY study_id"
+        ),
+        warm,
     ):
         done[study_id] = n
     for study_id, n in connection.execute(
@@ -99,8 +104,9 @@ def _read(connection: Any, text: Any) -> list[StudyRow]:
             text(
                 "SELECT t.study_id, MAX(v.value), MIN(v.value) FROM trial_values v "
                 "JOIN trials t ON t.trial_id = v.trial_id "
-                "WHERE t.state = 'COMPLETE' AND v.objective = 0 GROUP BY t.study_id"
-            )
+                f"WHERE t.state = 'COMPLETE' AND v.objective = 0 AND t.{own} GROUP BY t.study_id"
+            ),
+            warm,
         )
     }
     last: dict[int, datetime.datetime | None] = {}

@@ -187,6 +187,13 @@ def test_a_warm_started_study_starts_from_the_earlier_trials_once(tmp_path: Path
 
     status = run_cli(["status", "warm"], cwd=tmp_path)
     assert status.returncode == 0 and "warm start: trial 0 of study 'earlier'" in status.stdout
+    # Counted apart from this study's own trials, and never its best.
+    assert "3 trials: 1 complete, 2 warm-started; budget 1; best score" in status.stdout, status.stdout
+    assert "(trial 2)" in status.stdout
+    listed = run_cli(["studies"], cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    (row,) = [line for line in listed.stdout.splitlines() if line.split()[:1] == ["warm"]]
+    assert "1/1" in row and "0.9" not in row, listed.stdout
 
     refused = run_cli(["final", "warm", "--trial", "0"], cwd=tmp_path)
     assert_user_error(refused, "trial 0 of study 'warm' came from study.warm_start", "--trial (its best: 2)")
