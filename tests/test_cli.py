@@ -71,7 +71,7 @@ def test_a_metric_the_trainer_does_not_report(tmp_path: Path) -> None:
 
 def test_an_unknown_trainer(tmp_path: Path) -> None:
     sweep = fault_sweep("trainer")
-    sweep["trainer"]["name"] = "image-classification"
+    sweep["trainer"]["name"] = "object-detection"
     write_sweep(tmp_path, sweep)
     assert_user_error(run_cli(["run", "sweep.yaml"], cwd=tmp_path), "trainer.name", "text-classification")
 
