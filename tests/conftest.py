@@ -93,6 +93,9 @@ def cli_env(**extra: str) -> dict[str, str]:
         os.pathsep
     )
     env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    # No sweep report drawn in the background after each test's sweep (seconds of CPU each on CI's
+    # 2 cores, and a child outliving its test's folder); tests/test_sweep_report.py turns it on.
+    env["FTSWEEP_REPORT"] = "off"
     env.update(extra)
     return env
 

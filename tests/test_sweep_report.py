@@ -65,7 +65,7 @@ def finished_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished sweep whose report the end of `ftsweep run` made by itself, in the background."""
     folder = tmp_path_factory.mktemp("report")
     write_sweep(folder, gap_sweep())
-    result = run_cli(["run", "sweep.yaml"], cwd=folder)
+    result = run_cli(["run", "sweep.yaml"], cwd=folder, FTSWEEP_REPORT="on")
     assert result.returncode == 0, result.stderr
     html = folder / "ftsweep-runs" / STUDY / "report" / "report.html"
     assert f"report: {html}" in result.stderr
@@ -281,7 +281,7 @@ def test_resume_makes_the_report_again(finished_sweep: Path) -> None:
     # Last in this file: the report it starts rewrites the files the tests above read.
     html = finished_sweep / "ftsweep-runs" / STUDY / "report" / "report.html"
     before = html.stat().st_mtime_ns
-    result = run_cli(["resume", STUDY], cwd=finished_sweep)
+    result = run_cli(["resume", STUDY], cwd=finished_sweep, FTSWEEP_REPORT="on")
     assert result.returncode == 0, result.stderr
     assert f"report: {html} (drawn in the background" in result.stderr
     wait_for(lambda: html.stat().st_mtime_ns != before, "the report drawn again")
