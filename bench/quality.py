@@ -303,7 +303,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--space", default="regularization", help="the sweep's search space")
     parser.add_argument("--model", default=DEMO_MODEL)
     parser.add_argument("--train-rows", type=int, default=200, help="training rows (a stratified sample)")
-    parser.add_argument("--validation-rows", type=int, default=200, help="campaign validation rows sampled")
+    parser.add_argument(
+        "--validation-rows",
+        type=int,
+        default=600,
+        help="campaign validation rows sampled (600: the whole file)",
+    )
     parser.add_argument(
         "--sweep-param",
         action="append",
