@@ -282,3 +282,23 @@ def test_the_feature_cache_serves_the_frozen_stages_with_the_same_metrics(
     else:  # the frozen stage never runs once its states are in memory
         assert any("served from memory for validation, train" in line for line in logs[True])
         assert calls[True] == 0
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({"hflip": 1.5}, "trainer.params.hflip"),
+        ({"randaugment_magnitude": 5, "trivial_augment": True}, "choose one"),
+    ],
+)
+def test_a_bad_augmentation_is_one_line_while_planning(
+    tmp_path: Path, shapes: Path, models: dict[str, Path], params: dict, expected: str
+) -> None:
+    sweep = image_sweep("badparams", models["vit"], shapes)
+    sweep["trainer"]["params"] = params
+    write_sweep(tmp_path, sweep)
+    result = run_cli(["run", "sweep.yaml"], cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and expected in lines[0]
+    assert not (tmp_path / "ftsweep.db").exists()
