@@ -132,7 +132,7 @@ def fit_and_test(
     # _Trial, not trainer.run: the fitted model is needed afterwards, with its best epoch's weights.
     trial = _Trial(trainer, ctx, trainer.Params(**ctx.params))
     result = trial.run()
-    trial._load_weights(trial.best["weights"])
+    trial.load_weights(trial.best["weights"])
     texts, labels = read_test(test)
     n_classes = len(trial.labels)
     targets = torch.tensor([trial.labels.index(label) for label in labels])

@@ -184,7 +184,7 @@ class Engine:
 
     def restore_best(self) -> None:
         """Put the kept epoch's weights (see ``keep``) back into the model."""
-        self._load_weights(self.best["weights"])
+        self.load_weights(self.best["weights"])
 
     # ---- one epoch -----------------------------------------------------------------------
 
@@ -283,7 +283,8 @@ class Engine:
     def _weights_copy(self) -> dict[str, torch.Tensor]:
         return {name: p.detach().to("cpu", copy=True) for name, p in self.trainable}
 
-    def _load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """Copy ``weights`` (name -> tensor, e.g. ``best["weights"]``) into the trainable parameters."""
         import torch
 
         with torch.no_grad():
@@ -332,7 +333,7 @@ class Engine:
                 "it is ignored and the trial starts over from epoch 0"
             )
             return 1
-        self._load_weights(state["trainable"])
+        self.load_weights(state["trainable"])
         self.history = list(state["history"])
         self.stopping = dict(state["early_stopping"])
         self.best = dict(state["best"])

@@ -106,8 +106,9 @@ class TextClassificationTrial:
         """The kept epoch: ``epoch``, ``value`` and its ``weights``."""
         return self.engine.best
 
-    def _load_weights(self, weights: dict[str, torch.Tensor]) -> None:
-        self.engine._load_weights(weights)
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """Put ``weights`` (e.g. the kept epoch's, ``best["weights"]``) back into the model."""
+        self.engine.load_weights(weights)
 
     # ---- setup ---------------------------------------------------------------------------
 
