@@ -608,9 +608,14 @@ def _fingerprints(splits: dict[str, Path | None], predictions: dict[str, Any]) -
             found[name] = {"file": "(split off the training file)", "sha256": "-", "rows": rows}
             continue
         digest = hashlib.sha256()
-        with open(path, "rb") as stream:
-            for block in iter(lambda: stream.read(1 << 20), b""):
-                digest.update(block)
+        # An image folder's digest covers every file under it, each by its relative name and bytes.
+        files = sorted(item for item in path.rglob("*") if item.is_file()) if path.is_dir() else [path]
+        for file in files:
+            if path.is_dir():
+                digest.update(file.relative_to(path).as_posix().encode("utf-8") + b"\0")
+            with open(file, "rb") as stream:
+                while block := stream.read(1 << 20):
+                    digest.update(block)
         found[name] = {"file": str(path), "sha256": digest.hexdigest(), "rows": rows}
     return found
 

@@ -258,15 +258,17 @@ def _log_model(tracking_uri: str, run_id: str, export: Path, report: dict[str, A
     """The exported folder as a ``transformers``-flavor model of the run; its model URI."""
     import mlflow
 
-    if not (export / "config.json").exists():
-        # Not a transformers model (a user's trainer): kept as plain artifacts of the run.
+    info_file = export / "ftsweep_model.json"
+    trainer = json.loads(info_file.read_text(encoding="utf-8")).get("trainer") if info_file.exists() else None
+    if not (export / "config.json").exists() or trainer == "image-classification":
+        # Not a text-classification pipeline (an image classifier, a user's trainer): kept as plain
+        # artifacts of the run; `ftsweep predict` loads them through the trainer's own predictor.
         mlflow.MlflowClient(tracking_uri).log_artifacts(run_id, str(export), "model")
         return f"runs:/{run_id}/model"
     import torch
     import transformers
     from transformers import pipeline
 
-    info_file = export / "ftsweep_model.json"
     # What `ftsweep predict models:/NAME/VERSION` needs besides the model: the trainer, the text column.
     metadata = {
         "ftsweep_study": report["study"],

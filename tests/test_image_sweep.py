@@ -302,3 +302,38 @@ def test_a_bad_augmentation_is_one_line_while_planning(
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and expected in lines[0]
     assert not (tmp_path / "ftsweep.db").exists()
+
+
+@pytest.mark.slow
+def test_final_fits_exports_and_predict_scores_image_paths(
+    tmp_path: Path, shapes: Path, models: dict[str, Path]
+) -> None:
+    import csv
+    import json
+
+    write_sweep(tmp_path, image_sweep("final", models["vit"], shapes, n_trials=1))
+    assert run_cli(["run", "sweep.yaml"], cwd=tmp_path).returncode == 0
+    result = run_cli(["final", "final"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    work = tmp_path / "ftsweep-runs" / "final" / "final"
+    model = work / "model"
+    assert {"config.json", "preprocessor_config.json", "ftsweep_model.json"} <= {
+        p.name for p in model.iterdir()
+    }
+    report = json.loads((model / "final.json").read_text())
+    assert report["data"]["test"]["rows"] == 12 and report["data"]["test"]["sha256"] != "-"
+
+    fitted = json.loads((work / "fits" / "tuned-seed0" / "predictions.json").read_text())
+    test_paths = sorted(str(path) for path in (shapes / "test").rglob("*.png"))
+    with open(tmp_path / "images.csv", "w", newline="", encoding="utf-8") as stream:
+        csv.writer(stream).writerows([["path"], *[[path] for path in test_paths]])
+    scored = run_cli(["predict", str(model), "images.csv", "--out", "scored.csv"], cwd=tmp_path)
+    assert scored.returncode == 0, scored.stderr
+    with open(tmp_path / "scored.csv", encoding="utf-8") as stream:
+        rows = list(csv.DictReader(stream))
+    # The image folder's files in sorted order are the test split's order: the same probabilities.
+    expected = fitted["splits"]["test"]["probabilities"]
+    got = [[float(row[f"probability_{label}"]) for label in fitted["labels"]] for row in rows]
+    assert [value for row in got for value in row] == pytest.approx(
+        [value for row in expected for value in row], abs=1e-5
+    )

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ftsweep_common.errors import ModelError
-from trainers.base import BaseTrainer, TrialContext
+from trainers.base import BaseTrainer, FinalFitRequest, Predictor, TrialContext
 from trainers.image_settings import IMAGE_METRIC_NAMES, ImageClassificationParams, ImageClassificationSettings
 from trainers.text_model import load_config, require_weights, require_whole_weights, resolve_model
 
@@ -175,6 +175,19 @@ class ImageClassificationTrainer(BaseTrainer):
 
         params = self.Params(**ctx.params)
         return ImageClassificationTrial(self, ctx, params).run()
+
+    def final_fit(self, ctx: TrialContext, request: FinalFitRequest) -> dict[str, float]:
+        """Train the final model, export it and predict every split (:mod:`trainers.image_final_fit`)."""
+        from trainers.image_final_fit import final_fit
+
+        return final_fit(self, ctx, request)
+
+    @classmethod
+    def load_predictor(cls, model_dir: Path, device: str) -> Predictor:
+        """The model a final fit exported (:class:`trainers.image_final_fit.ImagePredictor`)."""
+        from trainers.image_final_fit import ImagePredictor
+
+        return ImagePredictor.load(model_dir, device)
 
 
 def _require_image_classifier(value: str, config: Any) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ftsweep_common.errors import DataError
 from trainers.engine import Engine, timed_trial
@@ -117,10 +117,14 @@ class ImageClassificationTrial:
         )
         self.device = self.runtime.device
         self.channels_last = self.runtime.on_cuda and self.settings.channels_last
-        self.engine = Engine(self.ctx, params, self.runtime, self.metric)
+        self.engine = Engine(self.ctx, params, self.runtime, self.metric, keep=self._keep())
         self._setup_data()
         self._setup_model()
         self._setup_features()
+
+    def _keep(self) -> Literal["best", "last"]:
+        """Which epoch's weights the trial keeps (the engine's ``keep``)."""
+        return "best"
 
     def _load_data(self) -> LabelledImages:
         """The splits this run trains and scores on: a trial never reads the test split."""
