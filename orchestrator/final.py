@@ -511,12 +511,13 @@ def _report(
     splits: dict[str, Path | None],
 ) -> dict[str, Any]:
     from orchestrator.final_report import (
-        HEADLINE,
         bootstrap_intervals,
         evaluate_fit,
+        headline_names,
         paired_difference,
         read_predictions,
         seed_summary,
+        task_of,
     )
 
     metric = sweep.study.metric
@@ -592,7 +593,8 @@ def _report(
                 n_classes,
             ),
         }
-    report["headline"] = list(HEADLINE)
+    report["task"] = task_of(chosen_predictions)  # classification, or regression (numbers, not classes)
+    report["headline"] = list(headline_names(report["task"]))
     return report
 
 

@@ -5,6 +5,11 @@ Every figure is computed here, in the driver, from the class probabilities each 
 writing the same file. Intervals are percentile bootstrap intervals over the test rows (seeded,
 so the report is the same every time it is computed); the baseline difference is a paired
 bootstrap: each resample of test rows scores both models.
+
+A regression fit (``trainer.task: regression``) writes its predictions as numbers in the label's
+units (:func:`trainers.final_fit.write_regression_predictions`); its headline metrics are rmse,
+mae and r2, with the same intervals, seeds and baseline difference. The report names its task
+(``task``) and its headline metrics (``headline``); the text below reads both.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ N_BOOTSTRAP = 1000
 BOOTSTRAP_SEED = 0
 #: The headline metrics, each with an interval.
 HEADLINE = ("loss", "accuracy", "macro_f1")
+#: The headline metrics of a regression task, in the label's own units (r2 has none).
+REGRESSION_HEADLINE = ("rmse", "mae", "r2")
 
 
 @dataclass
@@ -38,11 +45,31 @@ class Predictions:
         return self.probabilities.argmax(axis=1)
 
 
-def read_predictions(path: Path) -> tuple[list[str], dict[str, Predictions]]:
-    """The labels and the per-split predictions a fit wrote."""
+@dataclass
+class RegressionPredictions:
+    """One split's predictions by one regression fit: true and predicted numbers, in the label's units."""
+
+    true: np.ndarray
+    predicted: np.ndarray
+
+
+#: One split's predictions, of either task.
+AnyPredictions = Predictions | RegressionPredictions
+
+
+def read_predictions(path: Path) -> tuple[list[str], dict[str, Any]]:
+    """The labels and the per-split predictions a fit wrote (a regression fit's: no labels, and
+    :class:`RegressionPredictions`)."""
     import numpy as np
 
     document = json.loads(Path(path).read_text(encoding="utf-8"))
+    if document.get("task") == "regression":
+        return [], {
+            name: RegressionPredictions(
+                np.asarray(split["true"], dtype=np.float64), np.asarray(split["predicted"], dtype=np.float64)
+            )
+            for name, split in document["splits"].items()
+        }
     splits = {
         name: Predictions(
             np.asarray(split["true"], dtype=np.int64),
@@ -73,9 +100,42 @@ def macro_f1(matrix: np.ndarray) -> float:
     return float((2 * true_positive[present] / denominator[present]).mean()) if present.any() else 0.0
 
 
-def headline(predictions: Predictions, n_classes: int) -> dict[str, float]:
-    """Loss (mean negative log-probability of the true class), accuracy and macro F1."""
+def task_of(splits: Mapping[str, Any]) -> str:
+    """``regression`` or ``classification``: what a fit's predictions are of."""
+    regression = any(isinstance(split, RegressionPredictions) for split in splits.values())
+    return "regression" if regression else "classification"
+
+
+def headline_names(task: str) -> tuple[str, ...]:
+    """The headline metrics of ``task``."""
+    return REGRESSION_HEADLINE if task == "regression" else HEADLINE
+
+
+def regression_headline(predictions: RegressionPredictions) -> dict[str, float]:
+    """Rmse, mae and r2 (``1 - SSE / SST`` around the rows' own mean; 0.0 when every label is the same),
+    as the trainer's :func:`trainers.regression_target.error_metrics` computes them."""
+    from trainers.regression_target import error_metrics
+
+    true, error = predictions.true, predictions.predicted - predictions.true
+    metrics = error_metrics(
+        "m",
+        float(len(true)),
+        0.0,
+        float((error * error).sum()),
+        float(abs(error).sum()),
+        float(true.sum()),
+        float((true * true).sum()),
+    )
+    return {name: metrics[f"m_{name}"] for name in REGRESSION_HEADLINE}
+
+
+def headline(predictions: AnyPredictions, n_classes: int) -> dict[str, float]:
+    """Loss (mean negative log-probability of the true class), accuracy and macro F1; rmse, mae and r2
+    for a regression fit."""
     import numpy as np
+
+    if isinstance(predictions, RegressionPredictions):
+        return regression_headline(predictions)
 
     rows = np.arange(len(predictions.true))
     chosen = np.clip(predictions.probabilities[rows, predictions.true], 1e-12, 1.0)
@@ -108,8 +168,14 @@ def _resamples(n_rows: int) -> np.ndarray:
     return generator.integers(0, n_rows, size=(N_BOOTSTRAP, n_rows))
 
 
-def _subset(predictions: Predictions, rows: np.ndarray) -> Predictions:
+def _subset(predictions: AnyPredictions, rows: np.ndarray) -> AnyPredictions:
+    if isinstance(predictions, RegressionPredictions):
+        return RegressionPredictions(predictions.true[rows], predictions.predicted[rows])
     return Predictions(predictions.true[rows], predictions.probabilities[rows])
+
+
+def _names(predictions: AnyPredictions) -> tuple[str, ...]:
+    return REGRESSION_HEADLINE if isinstance(predictions, RegressionPredictions) else HEADLINE
 
 
 def _interval(values: Sequence[float]) -> list[float]:
@@ -118,9 +184,9 @@ def _interval(values: Sequence[float]) -> list[float]:
     return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
 
 
-def bootstrap_intervals(predictions: Predictions, n_classes: int) -> dict[str, list[float]]:
+def bootstrap_intervals(predictions: AnyPredictions, n_classes: int) -> dict[str, list[float]]:
     """A 95% percentile bootstrap interval of each headline metric."""
-    samples: dict[str, list[float]] = {name: [] for name in HEADLINE}
+    samples: dict[str, list[float]] = {name: [] for name in _names(predictions)}
     for rows in _resamples(len(predictions.true)):
         for name, value in headline(_subset(predictions, rows), n_classes).items():
             samples[name].append(value)
@@ -128,19 +194,20 @@ def bootstrap_intervals(predictions: Predictions, n_classes: int) -> dict[str, l
 
 
 def paired_difference(
-    tuned: Sequence[Predictions], baseline: Sequence[Predictions], n_classes: int
+    tuned: Sequence[AnyPredictions], baseline: Sequence[AnyPredictions], n_classes: int
 ) -> dict[str, dict[str, Any]]:
     """Tuned minus baseline on the test rows (each side averaged over its seeds), with a paired interval."""
+    names = _names(tuned[0])
 
-    def mean_headline(fits: Sequence[Predictions], rows: np.ndarray | None) -> dict[str, float]:
+    def mean_headline(fits: Sequence[AnyPredictions], rows: np.ndarray | None) -> dict[str, float]:
         scores = [headline(fit if rows is None else _subset(fit, rows), n_classes) for fit in fits]
-        return {name: sum(score[name] for score in scores) / len(scores) for name in HEADLINE}
+        return {name: sum(score[name] for score in scores) / len(scores) for name in names}
 
     observed_tuned, observed_base = mean_headline(tuned, None), mean_headline(baseline, None)
-    samples: dict[str, list[float]] = {name: [] for name in HEADLINE}
+    samples: dict[str, list[float]] = {name: [] for name in names}
     for rows in _resamples(len(tuned[0].true)):
         one, other = mean_headline(tuned, rows), mean_headline(baseline, rows)
-        for name in HEADLINE:
+        for name in names:
             samples[name].append(one[name] - other[name])
     return {
         name: {
@@ -149,7 +216,7 @@ def paired_difference(
             "difference": observed_tuned[name] - observed_base[name],
             "interval": _interval(samples[name]),
         }
-        for name in HEADLINE
+        for name in names
     }
 
 
@@ -166,8 +233,10 @@ def seed_summary(per_seed: Sequence[Mapping[str, float]]) -> dict[str, dict[str,
     return {name: mean_sd([float(seed[name]) for seed in per_seed]) for name in names}
 
 
-def evaluate_fit(labels: list[str], splits: Mapping[str, Predictions]) -> dict[str, Any]:
+def evaluate_fit(labels: list[str], splits: Mapping[str, AnyPredictions]) -> dict[str, Any]:
     """One fit's test figures (when it has a test split) and its generalization gap."""
+    if task_of(splits) == "regression":
+        return _evaluate_regression(splits)
     n_classes = len(labels)
     result: dict[str, Any] = {}
     train = headline(splits["train"], n_classes) if "train" in splits else None
@@ -190,6 +259,23 @@ def evaluate_fit(labels: list[str], splits: Mapping[str, Predictions]) -> dict[s
     return result
 
 
+def _evaluate_regression(splits: Mapping[str, Any]) -> dict[str, Any]:
+    """A regression fit's rmse, mae and r2 on each split, and the gap (test worse than train: positive)."""
+    result: dict[str, Any] = {
+        name: regression_headline(splits[key])
+        for name, key in (("train", "train"), ("validation", "validation"), ("test", "test"))
+        if key in splits
+    }
+    if "train" in result and "test" in result:
+        train, test = result["train"], result["test"]
+        result["generalization_gap"] = {
+            "rmse": test["rmse"] - train["rmse"],
+            "mae": test["mae"] - train["mae"],
+            "r2": train["r2"] - test["r2"],
+        }
+    return result
+
+
 # -- text ----------------------------------------------------------------------------------------
 
 
@@ -207,6 +293,9 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
     ]
     exported = report["exported"]
     test = exported.get("test")
+    names = _report_headline(report)
+    # The metric the baseline line leads with, then the one after it; the gap's two metrics.
+    first, second = ("rmse", "r2") if _is_regression(report) else ("macro_f1", "accuracy")
     if test is None:
         lines.append("no test split in the data: nothing was tested (the model is exported untested)")
     else:
@@ -215,34 +304,39 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
             f"test ({report['n_test']} rows, once): "
             + ", ".join(
                 f"{name} {_fmt(test[name])} [{_fmt(intervals[name][0])}, {_fmt(intervals[name][1])}]"
-                for name in HEADLINE
+                for name in names
             )
-            + " (95% bootstrap intervals)"
+            + (
+                " (95% bootstrap intervals; rmse and mae in the label's units)"
+                if _is_regression(report)
+                else " (95% bootstrap intervals)"
+            )
         )
         gap = exported.get("generalization_gap")
         if gap:
             lines.append(
-                f"generalization gap (train - test): macro_f1 {_fmt(gap['macro_f1'])}, accuracy "
-                f"{_fmt(gap['accuracy'])}"
+                f"generalization gap ({'test - train' if _is_regression(report) else 'train - test'}): "
+                f"{first} {_fmt(gap[first])}, {second} {_fmt(gap[second])}"
             )
         seeds = report.get("seeds_test")
         if seeds and report["n_seeds"] > 1:
             lines.append(
                 f"over {report['n_seeds']} seeds: "
                 + ", ".join(
-                    f"{name} {_fmt(seeds[name]['mean'])} ± {_fmt(seeds[name]['sd'])}" for name in HEADLINE
+                    f"{name} {_fmt(seeds[name]['mean'])} ± {_fmt(seeds[name]['sd'])}" for name in names
                 )
             )
     baseline = report.get("baseline")
     if baseline:
-        f1 = baseline["difference"]["macro_f1"]
-        accuracy = baseline["difference"]["accuracy"]
+        lead = baseline["difference"][first]
+        other = baseline["difference"][second]
         lines.append(
-            f"against the default config ({report['n_seeds']} seed(s) each): macro_f1 {_fmt(f1['tuned'])} vs "
-            f"{_fmt(f1['baseline'])}, difference {f1['difference']:+.4f} [{f1['interval'][0]:+.4f}, "
-            f"{f1['interval'][1]:+.4f}]; "
-            f"accuracy difference {accuracy['difference']:+.4f} [{accuracy['interval'][0]:+.4f}, "
-            f"{accuracy['interval'][1]:+.4f}]"
+            f"against the default config ({report['n_seeds']} seed(s) each): {first} "
+            f"{_fmt(lead['tuned'])} vs "
+            f"{_fmt(lead['baseline'])}, difference {lead['difference']:+.4f} [{lead['interval'][0]:+.4f}, "
+            f"{lead['interval'][1]:+.4f}]; "
+            f"{second} difference {other['difference']:+.4f} [{other['interval'][0]:+.4f}, "
+            f"{other['interval'][1]:+.4f}]"
         )
     lines.append(f"model: {report['model_dir']}")
     tracking = report.get("mlflow") or {}
@@ -254,19 +348,45 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _is_regression(report: Mapping[str, Any]) -> bool:
+    return report.get("task") == "regression"
+
+
+def _report_headline(report: Mapping[str, Any]) -> tuple[str, ...]:
+    """The headline metrics the report holds (one written before ``headline`` existed: classification's)."""
+    return tuple(report.get("headline") or headline_names(str(report.get("task", "classification"))))
+
+
 def model_card(report: Mapping[str, Any]) -> str:
     """The export folder's README.md, in Hugging Face's model-card form (YAML metadata, then sections)."""
     import yaml
 
     exported = report["exported"]
     test = exported.get("test")
+    names = _report_headline(report)
+    regression = _is_regression(report)
     metadata: dict[str, Any] = {
         "library_name": "transformers",
         "pipeline_tag": "text-classification",
         "base_model": report["base_model"],
-        "tags": ["ftsweep", "text-classification"],
+        "tags": ["ftsweep", "text-classification", *(["regression"] if regression else [])],
     }
-    if test is not None:
+    if test is not None and regression:
+        metadata["model-index"] = [
+            {
+                "name": report["study"],
+                "results": [
+                    {
+                        "task": {"type": "text-classification", "name": "regression"},
+                        "dataset": {"name": report["study"], "type": "csv", "split": "test"},
+                        "metrics": [
+                            {"type": name, "value": round(test[name], 6)} for name in REGRESSION_HEADLINE
+                        ],
+                    }
+                ],
+            }
+        ]
+    elif test is not None:
         metadata["model-index"] = [
             {
                 "name": report["study"],
@@ -283,23 +403,34 @@ def model_card(report: Mapping[str, Any]) -> str:
             }
         ]
     out = ["---", yaml.safe_dump(metadata, sort_keys=False).rstrip(), "---", ""]
+    what = (
+        "A regression model (`trainer.task: regression`): one number per text, in the label's own units."
+        if regression
+        else f"Classes: {', '.join(f'`{label}`' for label in report['labels'])}."
+    )
+    use = (
+        "Predicting the label of short texts like those in the training data "
+        f"(column `{report['input_column']}`), within the range of the training labels"
+        if regression
+        else f"Classifying short texts like those in the training data (column `{report['input_column']}`) "
+        "into the classes above"
+    )
     out += [
-        f"# {report['study']}: text classifier",
+        f"# {report['study']}: text {'regression model' if regression else 'classifier'}",
         "",
         f"Fine-tuned from `{report['base_model']}` by ftsweep from trial "
         f"{report['trial']} of the "
         f"study `{report['study']}` (the trial with the best `{report['metric']}` on the validation split "
         "unless "
-        f"`--trial` chose another). Classes: {', '.join(f'`{label}`' for label in report['labels'])}.",
+        f"`--trial` chose another). {what}",
         "",
         "## Intended use",
         "",
-        f"Classifying short texts like those in the training data (column `{report['input_column']}`) into "
-        "the classes "
-        "above. It has seen only that data: check it on your own texts before relying on it, and do not use "
+        f"{use}. It has seen only that data: check it on your own texts before relying on it, and do not use "
         "it for "
         "decisions about people without a human review. Score a file with "
-        f"`ftsweep predict {report['model_dir']} INPUT.csv --out scored.csv`.",
+        f"`ftsweep predict {report['model_dir']} INPUT.csv --out scored.csv`"
+        + (" (it adds a `prediction` column)." if regression else "."),
         "",
         *(
             [
@@ -342,14 +473,16 @@ def model_card(report: Mapping[str, Any]) -> str:
         out += [
             f"On the test split ({report['n_test']} rows), evaluated once, after every choice was made on "
             "the "
-            "validation split (95% bootstrap intervals over the test rows):",
+            "validation split (95% bootstrap intervals over the test rows"
+            + ("; rmse and mae in the label's units" if regression else "")
+            + "):",
             "",
             "| metric | value | 95% interval |",
             "|---|---|---|",
         ]
         out += [
             f"| {name} | {_fmt(test[name])} | {_fmt(intervals[name][0])} – {_fmt(intervals[name][1])} |"
-            for name in HEADLINE
+            for name in names
         ]
         seeds = report.get("seeds_test")
         if seeds and report["n_seeds"] > 1:
@@ -357,9 +490,18 @@ def model_card(report: Mapping[str, Any]) -> str:
                 "",
                 f"Over {report['n_seeds']} seeds (mean ± sd): "
                 + ", ".join(
-                    f"{name} {_fmt(seeds[name]['mean'])} ± {_fmt(seeds[name]['sd'])}" for name in HEADLINE
+                    f"{name} {_fmt(seeds[name]['mean'])} ± {_fmt(seeds[name]['sd'])}" for name in names
                 ),
             ]
+    if test is not None and regression:
+        gap = exported.get("generalization_gap")
+        if gap:
+            out += [
+                "",
+                f"Generalization gap (test − train): rmse {_fmt(gap['rmse'])}, mae {_fmt(gap['mae'])}; "
+                f"r2 (train − test) {_fmt(gap['r2'])}.",
+            ]
+    elif test is not None:
         out += ["", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
         for label, values in exported["test_per_class"].items():
             out.append(
@@ -394,7 +536,7 @@ def model_card(report: Mapping[str, Any]) -> str:
             "| metric | tuned | default | difference | 95% interval |",
             "|---|---|---|---|---|",
         ]
-        for name in HEADLINE:
+        for name in names:
             values = baseline["difference"][name]
             out.append(
                 f"| {name} | {_fmt(values['tuned'])} | {_fmt(values['baseline'])} | "

@@ -150,7 +150,7 @@ def final_metrics(report: dict[str, Any]) -> dict[str, float]:
             metrics[f"test_{name}"] = value
             low, high = exported["test_intervals"][name]
             metrics[f"test_{name}_ci_low"], metrics[f"test_{name}_ci_high"] = low, high
-        for label, values in exported["test_per_class"].items():
+        for label, values in (exported.get("test_per_class") or {}).items():
             for key in ("precision", "recall", "f1"):
                 metrics[f"test_{key}_{_metric_name(label)}"] = values[key]
         for name, value in (exported.get("generalization_gap") or {}).items():
@@ -277,7 +277,10 @@ def _log_model(tracking_uri: str, run_id: str, export: Path, report: dict[str, A
     }
     mlflow.set_tracking_uri(tracking_uri)
     requirements = [f"transformers=={transformers.__version__}", f"torch=={torch.__version__.split('+')[0]}"]
-    if metadata["ftsweep_model"].get("pooling") == "mean":
+    # A regression model (one number in the label's units) and a mean-pooling model predict through the
+    # trainer's own predictor: no transformers pipeline gives what they were tested with.
+    model_info = metadata["ftsweep_model"]
+    if model_info.get("pooling") == "mean" or model_info.get("task") == "regression":
         return _log_pyfunc(run_id, export, metadata, requirements)
     with _quiet():
         classifier = pipeline("text-classification", model=str(export), tokenizer=str(export), device="cpu")
@@ -294,7 +297,8 @@ def _log_model(tracking_uri: str, run_id: str, export: Path, report: dict[str, A
 
 
 def _log_pyfunc(run_id: str, export: Path, metadata: dict[str, Any], requirements: list[str]) -> str:
-    """A mean-pooling model as a ``pyfunc`` model around the exported folder.
+    """A mean-pooling or a regression model as a ``pyfunc`` model around the exported folder (a regression
+    model's predicts a ``prediction`` column, in the label's units).
 
     transformers' classification heads read the first token; the mean pooling the model was trained
     with exists only in ftsweep's loader, so a ``transformers``-flavor pipeline would predict

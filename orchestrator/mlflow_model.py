@@ -1,5 +1,6 @@
 """An MLflow ``pyfunc`` model around a folder ``ftsweep final`` exported, for models that plain
-``transformers`` cannot reproduce (mean pooling, which is no option of its classification heads).
+``transformers`` cannot reproduce (mean pooling, which is no option of its classification heads; a
+regression model, whose one output is read back in the label's units by its stored scaler).
 
 Imported only when such a model is logged or loaded: it imports MLflow at module level.
 """
@@ -18,7 +19,8 @@ ARTIFACT = "model_dir"
 
 
 class ExportedTextClassifier(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
-    """Predicts ``label``, ``score`` and one ``probability_<class>`` column per class for a list of texts."""
+    """Predicts ``label``, ``score`` and one ``probability_<class>`` column per class for a list of texts;
+    a regression model predicts one ``prediction`` column (the predictor's ``predict_frame``)."""
 
     def load_context(self, context: Any) -> None:
         import json
@@ -45,9 +47,11 @@ class ExportedTextClassifier(mlflow.pyfunc.PythonModel):  # type: ignore[name-de
             texts = [data]
         else:  # texts, or rows as mappings (a table of several columns)
             texts = [
-                row.get(column, next(iter(row.values()))) if isinstance(row, dict) else row
-                for row in data
+                row.get(column, next(iter(row.values()))) if isinstance(row, dict) else row for row in data
             ]
+        predict_frame = getattr(self.predictor, "predict_frame", None)
+        if getattr(self.predictor, "task", None) == "regression" and predict_frame is not None:
+            return predict_frame([str(text) for text in texts])
         probabilities = self.predictor.predict_proba([str(text) for text in texts])
         labels = list(self.predictor.labels)
         frame = pd.DataFrame(

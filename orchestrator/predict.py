@@ -4,9 +4,11 @@ The model is a folder (``ftsweep-runs/NAME/final/model``, or ``--out`` of ``fina
 Registry version (``models:/NAME/VERSION``). The trainer that exported it loads it
 (:meth:`trainers.base.BaseTrainer.load_predictor`), so a user's own trainer scores files too.
 The input is read and written in chunks (a file larger than memory is fine), with a progress bar
-on stderr; the output holds every input column, ``predicted_label`` and one ``probability_<class>``
-column per class. It is written to a temporary file and renamed at the end: a failed run leaves
-no half-written output.
+on stderr; the output holds every input column and the predictor's own columns
+(``predict_frame``): ``predicted_label`` and one ``probability_<class>`` column per class, or
+``prediction`` (in the label's units) for a regression model. A predictor without ``predict_frame``
+(a user's trainer) gives the classification columns from ``predict_proba``. The output is written
+to a temporary file and renamed at the end: a failed run leaves no half-written output.
 """
 
 from __future__ import annotations
@@ -208,10 +210,8 @@ def _chunks(path: Path) -> Iterator[pd.DataFrame]:
 def _score(
     predictor: Predictor, source: Path, target: Path, column: str, batch_size: int, total: int | None
 ) -> int:
-    import numpy as np
     from tqdm import tqdm  # type: ignore[import-untyped]
 
-    labels = list(predictor.labels)
     temporary = target.with_name(f".{target.name}.partial")
     writer = _Writer(temporary, target.suffix.lower())
     rows = 0
@@ -219,15 +219,9 @@ def _score(
         with tqdm(total=total, unit=" rows", desc="predict", dynamic_ncols=True) as bar:
             for frame in _chunks(source):
                 texts = ["" if value is None else str(value) for value in frame[column].tolist()]
-                parts = [
-                    predictor.predict_proba(texts[i : i + batch_size])
-                    for i in range(0, len(texts), batch_size)
-                ]
-                probabilities = np.concatenate(parts) if parts else np.zeros((0, len(labels)))
                 frame = frame.copy()
-                frame["predicted_label"] = [labels[index] for index in probabilities.argmax(axis=1)]
-                for index, label in enumerate(labels):
-                    frame[f"probability_{label}"] = probabilities[:, index]
+                for name, values in _predicted_columns(predictor, texts, batch_size).items():
+                    frame[name] = values
                 writer.write(frame)
                 rows += len(frame)
                 bar.update(len(frame))
@@ -239,6 +233,27 @@ def _score(
         temporary.unlink(missing_ok=True)
         raise
     return rows
+
+
+def _predicted_columns(predictor: Predictor, texts: list[str], batch_size: int) -> dict[str, Any]:
+    """The columns the predictor adds for ``texts``, scored ``batch_size`` at a time."""
+    import numpy as np
+    import pandas as pd
+
+    predict_frame = getattr(predictor, "predict_frame", None)
+    if predict_frame is not None:
+        parts = [predict_frame(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
+        scored = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+        return {name: scored[name].to_numpy() for name in scored.columns}
+    labels = list(predictor.labels)
+    probabilities = [
+        predictor.predict_proba(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)
+    ]
+    stacked = np.concatenate(probabilities) if probabilities else np.zeros((0, len(labels)))
+    columns: dict[str, Any] = {"predicted_label": [labels[index] for index in stacked.argmax(axis=1)]}
+    for index, label in enumerate(labels):
+        columns[f"probability_{label}"] = stacked[:, index]
+    return columns
 
 
 class _Writer:

@@ -2,13 +2,16 @@
 
 The building blocks (trainers/regression_target.py: the scaler, the losses, the metrics; the ridge
 probe; the label checks and the plain split) and, through the CLI, a sweep of a tiny BERT on texts
-whose label counts a kind of word, with the study metric defaulting to val_rmse, minimized.
+whose label counts a kind of word, with the study metric defaulting to val_rmse, minimized; then
+``ftsweep final`` of a regression study: tested once in the label's units against the default
+config, exported, and scored by ``ftsweep predict`` and by the MLflow model as the fit scored it.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import random
 from pathlib import Path
 
@@ -208,6 +211,42 @@ def test_a_loss_is_refused_for_classification(tmp_path: Path, tiny_model: Path) 
     assert "loss 'huber' applies to task regression" in str(raised.value)
 
 
+def test_the_final_report_scores_numbers_with_intervals_and_a_paired_baseline_difference(
+    tmp_path: Path,
+) -> None:
+    import numpy as np
+
+    from orchestrator.final_report import (
+        bootstrap_intervals,
+        evaluate_fit,
+        paired_difference,
+        read_predictions,
+        task_of,
+    )
+    from trainers.final_fit import write_regression_predictions
+
+    true = [3.0, 13.0, 23.0, 33.0, 43.0] * 4
+    good = [value + (1.0 if index % 2 else -1.0) for index, value in enumerate(true)]
+    flat = [23.0] * len(true)  # the mean: r2 0
+    write_regression_predictions(tmp_path / "good.json", {"train": (true, true), "test": (true, good)})
+    write_regression_predictions(tmp_path / "flat.json", {"test": (true, flat)})
+
+    labels, tuned = read_predictions(tmp_path / "good.json")
+    _, baseline = read_predictions(tmp_path / "flat.json")
+    figures = evaluate_fit(labels, tuned)
+
+    assert labels == [] and task_of(tuned) == "regression"
+    assert figures["test"] == pytest.approx({"rmse": 1.0, "mae": 1.0, "r2": 1 - 1 / np.var(true)})
+    assert figures["generalization_gap"] == pytest.approx({"rmse": 1.0, "mae": 1.0, "r2": 1 / np.var(true)})
+    intervals = bootstrap_intervals(tuned["test"], 0)
+    assert set(intervals) == {"rmse", "mae", "r2"} and intervals["rmse"] == pytest.approx([1.0, 1.0])
+    difference = paired_difference([tuned["test"]], [baseline["test"]], 0)
+    assert difference["r2"]["baseline"] == pytest.approx(0.0)
+    assert difference["rmse"]["difference"] == pytest.approx(1.0 - float(np.std(true)))
+    low, high = difference["rmse"]["interval"]
+    assert low <= difference["rmse"]["difference"] <= high < 0
+
+
 # ---- through the CLI, with a tiny BERT ------------------------------------------------------
 
 
@@ -250,7 +289,7 @@ def one_line_error(result) -> str:  # noqa: ANN001 - a CompletedProcess
 
 
 @pytest.mark.slow
-def test_a_regression_sweep_minimizes_val_rmse_and_final_is_refused(tmp_path: Path, tiny_model: Path) -> None:
+def test_a_regression_sweep_minimizes_val_rmse(tmp_path: Path, tiny_model: Path) -> None:
     write_csv(tmp_path / "data" / "train.csv", make_numeric_rows(40, seed=1))
     write_csv(tmp_path / "data" / "val.csv", make_numeric_rows(20, seed=2))
     write_sweep(tmp_path, regression_sweep(tiny_model))
@@ -271,8 +310,78 @@ def test_a_regression_sweep_minimizes_val_rmse_and_final_is_refused(tmp_path: Pa
     best = run_cli(["best", "numbers", "--format", "json"], cwd=tmp_path)
     assert best.returncode == 0 and '"metric": "val_rmse"' in best.stdout
 
-    line = one_line_error(run_cli(["final", "numbers"], cwd=tmp_path))
-    assert "trainer.task regression: `ftsweep final` does not fit, test or export regression models" in line
+
+@pytest.mark.slow
+def test_final_tests_a_regression_model_in_the_label_units_and_predict_scores_as_the_fit_did(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    import mlflow
+    import numpy as np
+    import pandas as pd
+
+    write_csv(tmp_path / "data" / "train.csv", make_numeric_rows(40, seed=1))
+    write_csv(tmp_path / "data" / "val.csv", make_numeric_rows(20, seed=2))
+    write_csv(tmp_path / "data" / "test.csv", make_numeric_rows(20, seed=3))
+    sweep = regression_sweep(tiny_model)
+    sweep["study"]["n_trials"] = 2
+    sweep["trainer"]["data"]["test"] = "data/test.csv"
+    write_sweep(tmp_path, sweep)
+    assert run_cli(["run", "sweep.yaml"], cwd=tmp_path).returncode == 0
+
+    result = run_cli(["final", "numbers", "--baseline", "--register", "numbers-model"], cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    work = tmp_path / "ftsweep-runs" / "numbers" / "final"
+    report = json.loads((work / "model" / "final.json").read_text())
+    assert report["task"] == "regression" and report["headline"] == ["rmse", "mae", "r2"]
+    test = report["exported"]["test"]
+    assert set(test) == {"rmse", "mae", "r2"} and report["n_test"] == 20
+    # In the label's units: the labels run from 3 to 43 (sd about 14), an error is not standardized.
+    fitted = json.loads((work / "fits" / "tuned-seed0" / "predictions.json").read_text())
+    true = np.asarray(fitted["splits"]["test"]["true"])
+    predicted = np.asarray(fitted["splits"]["test"]["predicted"])
+    assert sorted(set(true)) == [3.0, 13.0, 23.0, 33.0, 43.0]
+    assert test["rmse"] == pytest.approx(float(np.sqrt(np.mean((predicted - true) ** 2))))
+    assert test["mae"] == pytest.approx(float(np.mean(np.abs(predicted - true))))
+    r2 = 1 - np.sum((predicted - true) ** 2) / np.sum((true - true.mean()) ** 2)
+    assert test["r2"] == pytest.approx(r2)
+    for name in ("rmse", "mae", "r2"):
+        low, high = report["exported"]["test_intervals"][name]
+        assert low <= test[name] <= high
+        difference = report["baseline"]["difference"][name]
+        assert difference["difference"] == pytest.approx(difference["tuned"] - difference["baseline"])
+    assert "rmse" in result.stdout and "against the default config" in result.stdout
+    card = (work / "model" / "README.md").read_text()
+    assert "text regression model" in card and "| rmse |" in card and "confusion" not in card.lower()
+    # The scaler is JSON beside the weights: no pickle in the exported folder.
+    info = json.loads((work / "model" / "ftsweep_model.json").read_text())
+    assert info["task"] == "regression" and set(info["label_scaler"]) == {"mean", "scale"}
+    assert not [path for path in (work / "model").iterdir() if path.suffix in (".pkl", ".pickle")]
+
+    scored = run_cli(
+        ["predict", str(work / "model"), "data/test.csv", "--out", "scored.csv", "--batch-size", "7"],
+        cwd=tmp_path,
+    )
+
+    assert scored.returncode == 0, scored.stderr
+    table = pd.read_csv(tmp_path / "scored.csv")
+    assert list(table.columns) == ["text", "label", "prediction"]
+    np.testing.assert_allclose(table["prediction"].to_numpy(), predicted, rtol=0, atol=1e-5)
+    tracking = json.loads((work / "mlflow.json").read_text())
+    assert tracking["registered"] == "models:/numbers-model/1"
+    _, _, client = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "numbers")
+    logged = client.get_run(tracking["run_id"]).data.metrics
+    assert logged["test_rmse"] == pytest.approx(test["rmse"]) and "baseline_difference_rmse" in logged
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        pyfunc = mlflow.pyfunc.load_model(tracking["registered"])
+    finally:
+        os.chdir(cwd)
+    texts = pd.read_csv(tmp_path / "data" / "test.csv")["text"].tolist()
+    served = pyfunc.predict(texts)["prediction"].to_numpy()
+    np.testing.assert_allclose(served, predicted, rtol=0, atol=1e-5)
 
 
 def test_a_bad_label_row_stops_the_sweep_with_one_line(tmp_path: Path, tiny_model: Path) -> None:

@@ -20,6 +20,8 @@ from trainers.hf_loading import hub_options, quiet_transformers
 
 if TYPE_CHECKING:
     import numpy as np
+    import pandas as pd
+    import torch
 
 #: What a model folder exported by a final fit holds besides the model and tokenizer files.
 MODEL_INFO = "ftsweep_model.json"
@@ -46,12 +48,36 @@ def write_predictions(path: Path, labels: list[str], splits: dict[str, tuple[lis
     os.replace(temporary, path)
 
 
+def write_regression_predictions(path: Path, splits: dict[str, tuple[list[float], Any]]) -> None:
+    """Write a regression fit's predictions: per split, the true labels and the predicted numbers.
+
+    Args:
+        path: the file (``request.output_dir / "predictions.json"``); written atomically.
+        splits: split name -> (true labels, predictions), both in the label's own units.
+    """
+    document = {
+        "task": "regression",
+        "labels": [],
+        "splits": {
+            name: {
+                "true": [float(value) for value in true],
+                "predicted": [float(value) for value in predicted],
+            }
+            for name, (true, predicted) in splits.items()
+        },
+    }
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(document), encoding="utf-8")
+    os.replace(temporary, path)
+
+
 def _rows(probabilities: Any) -> list[list[float]]:
     return [[float(value) for value in row] for row in probabilities]
 
 
 class TextPredictor:
-    """A model folder exported by a final fit, loaded to predict class probabilities.
+    """A model folder exported by a final fit, loaded to predict class probabilities (a regression
+    model's folder loads as a :class:`TextRegressionPredictor`).
 
     Args:
         model: the sequence-classification model (on its device, in eval mode).
@@ -102,10 +128,26 @@ class TextPredictor:
             install_mean_pooling(model)
         use_cuda = device == "cuda" and torch.cuda.is_available()
         model = model.to("cuda" if use_cuda else "cpu").eval()
-        return cls(model, tokenizer, info, "cuda" if use_cuda else "cpu")
+        predictor = TextRegressionPredictor if info.get("task") == "regression" else cls
+        return predictor(model, tokenizer, info, "cuda" if use_cuda else "cpu")
+
+    def predict_frame(self, texts: list[str]) -> pd.DataFrame:
+        """The columns ``ftsweep predict`` adds: ``predicted_label`` and one ``probability_<class>`` each."""
+        import pandas as pd
+
+        probabilities = self.predict_proba(texts)
+        frame = pd.DataFrame({"predicted_label": [self.labels[i] for i in probabilities.argmax(axis=1)]})
+        for index, label in enumerate(self.labels):
+            frame[f"probability_{label}"] = probabilities[:, index]
+        return frame
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         """Class probabilities, one row per text, columns in the order of :attr:`labels`."""
+        import torch
+
+        return torch.softmax(self._logits(texts), dim=-1).double().cpu().numpy()
+
+    def _logits(self, texts: list[str]) -> torch.Tensor:
         import torch
 
         encoded = self.tokenizer(
@@ -117,8 +159,39 @@ class TextPredictor:
         )
         inputs = {key: value.to(self.device) for key, value in encoded.items()}
         with torch.inference_mode(), _autocast(self.device):
-            logits = self.model(**inputs).logits.float()
-        return torch.softmax(logits, dim=-1).double().cpu().numpy()
+            return self.model(**inputs).logits.float()
+
+
+class TextRegressionPredictor(TextPredictor):
+    """A regression model's folder (``trainer.task: regression``): one output, read back in the label's
+    units through the :class:`~trainers.regression_target.LabelScaler` stored as JSON in
+    ``ftsweep_model.json`` (``label_scaler``)."""
+
+    task = "regression"
+
+    def __init__(self, model: Any, tokenizer: Any, info: dict[str, Any], device: str) -> None:
+        from trainers.regression_target import LabelScaler
+
+        super().__init__(model, tokenizer, info, device)
+        self.labels = []
+        try:
+            self.scaler = LabelScaler.from_dict(info.get("label_scaler"))
+        except ValueError as error:
+            raise UserError(f"{MODEL_INFO}: {error}; export the model again with `ftsweep final`") from error
+
+    def predict(self, texts: list[str]) -> np.ndarray:
+        """The predicted label of each text, in the label's own units."""
+        standardized = self._logits(texts).squeeze(-1).double().cpu()
+        return self.scaler.inverse(standardized).numpy()
+
+    def predict_frame(self, texts: list[str]) -> pd.DataFrame:
+        """The column ``ftsweep predict`` adds: ``prediction``."""
+        import pandas as pd
+
+        return pd.DataFrame({"prediction": self.predict(texts)})
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        raise TypeError("a regression model predicts numbers, not class probabilities: use predict")
 
 
 def _autocast(device: str) -> Any:

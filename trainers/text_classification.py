@@ -213,15 +213,6 @@ class TextClassificationTrainer(BaseTrainer):
         """Loss, accuracy and F1; loss, rmse, mae and r2 for ``task: regression``."""
         return TEXT_REGRESSION_METRIC_NAMES if self.settings.task == "regression" else self.metric_names
 
-    def final_unavailable(self) -> str | None:
-        """``ftsweep final`` exports and predicts classes: not yet a regression model."""
-        if self.settings.task == "regression":
-            return (
-                "trainer.task regression: `ftsweep final` does not fit, test or export regression models "
-                "yet; `ftsweep best` gives the chosen parameters to train with"
-            )
-        return None
-
     def max_epochs(self, params: Mapping[str, Any]) -> int | None:
         """A linear probe is fitted (and reports) once; every other strategy trains ``epochs`` epochs."""
         if params.get("strategy") == "linear_probe":

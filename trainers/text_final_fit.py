@@ -1,5 +1,12 @@
 """The text recipe's final fit (``ftsweep final``): a trial that may train on train+val, reads the test
-split, exports the model and writes every split's predictions (:mod:`trainers.final_fit`)."""
+split, exports the model and writes every split's predictions (:mod:`trainers.final_fit`).
+
+One fit for both tasks: :class:`_FinalFitSteps` holds what a final fit adds to a trial, and the
+task's trial class (classification or ``trainer.task: regression``) supplies the rest. The task
+shows in three places only: what a split's predictions are (class probabilities, or numbers in the
+label's units), how they are written, and what the exported folder's ``ftsweep_model.json`` holds
+(the classes, or ``task: regression`` and the label's scaler as JSON).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from trainers.data import LabelledData, load_splits
-from trainers.final_fit import MODEL_INFO, PREDICTIONS, write_predictions
+from trainers.final_fit import MODEL_INFO, PREDICTIONS, write_predictions, write_regression_predictions
+from trainers.regression_target import LabelScaler
 from trainers.splits import Split
+from trainers.text_regression import TextRegressionTrial
 from trainers.text_settings import TextClassificationParams
 from trainers.text_trial import TextClassificationTrial, TextRecipe
 
@@ -30,10 +39,11 @@ def final_fit(trainer: TextRecipe, ctx: TrialContext, request: FinalFitRequest) 
         if "min_steps" in TextClassificationParams.model_fields:
             update["min_steps"] = 0  # the trial's epoch count already includes what min_steps added
         params = params.model_copy(update=update)
-    return _FinalFit(trainer, ctx, params, request).run()
+    fit = _RegressionFinalFit if trainer.settings.task == "regression" else _FinalFit
+    return fit(trainer, ctx, params, request).run()
 
 
-class _FinalFit(TextClassificationTrial):
+class _FinalFitSteps(TextClassificationTrial):
     """A trial that may train on train+val, reads the test split, and exports its model at the end."""
 
     def __init__(
@@ -47,7 +57,12 @@ class _FinalFit(TextClassificationTrial):
         self.request = request
 
     def _load_data(self) -> LabelledData:
-        data = load_splits(self.settings.data, self.trainer.base_dir, include_test=self.request.evaluate_test)
+        data = load_splits(
+            self.settings.data,
+            self.trainer.base_dir,
+            include_test=self.request.evaluate_test,
+            task=self.settings.task,
+        )
         self.train_split = data.train
         if self.request.refit == "train+val":
             merged = Split(
@@ -76,15 +91,24 @@ class _FinalFit(TextClassificationTrial):
         if self.data.test is not None:
             named.append(("test", self.data.test))
         for name, split in named:
-            true = split.label_ids(self.labels)
-            splits[name] = (true, self._probabilities(split.texts))
+            splits[name] = self._split_predictions(split)
         self._export(out / "model")
-        write_predictions(out / PREDICTIONS, self.labels, splits)
+        self._write_predictions(out / PREDICTIONS, splits)
         self.ctx.log(f"final fit: exported to {out / 'model'}; predictions of {', '.join(splits)} written")
         return result
 
-    def _probabilities(self, texts: list[str]) -> np.ndarray:
-        """Class probabilities of ``texts`` under the current weights, with dropout off."""
+    def _split_predictions(self, split: Split) -> tuple[list[Any], np.ndarray]:
+        """The split's true class ids and the predicted class probabilities."""
+        return split.label_ids(self.labels), torch_softmax(self._outputs(split.texts))
+
+    def _write_predictions(self, path: Path, splits: dict[str, tuple[list[Any], Any]]) -> None:
+        write_predictions(path, self.labels, splits)
+
+    def _task_info(self) -> dict[str, Any]:
+        return {"labels": self.labels}
+
+    def _outputs(self, texts: list[str]) -> np.ndarray:
+        """The model's outputs (logits) for ``texts`` under the current weights, with dropout off."""
         import numpy as np
         import torch
 
@@ -92,13 +116,12 @@ class _FinalFit(TextClassificationTrial):
         from trainers.tokenization_cache import tokenize_texts
 
         ids = tokenize_texts(self.tokenizer, texts, self.settings.max_length)
-        out = np.zeros((len(texts), len(self.labels)), dtype=np.float64)
+        out = np.zeros((len(texts), int(self.model.config.num_labels)), dtype=np.float64)
         self.model.eval()
         with torch.inference_mode(), self.autocast():
             for rows in sorted_batches([len(sequence) for sequence in ids], self.eval_size):
                 inputs = self._to_device(self.collate([ids[row] for row in rows]))
-                logits = self.model(**inputs).logits.float()
-                out[rows] = torch.softmax(logits, dim=-1).double().cpu().numpy()
+                out[rows] = self.model(**inputs).logits.float().double().cpu().numpy()
         return out
 
     def _export(self, folder: Path) -> None:
@@ -110,8 +133,41 @@ class _FinalFit(TextClassificationTrial):
             "input_column": self.settings.data.text_column,
             "label_column": self.settings.data.label_column,
             "max_length": self.settings.max_length,
-            "labels": self.labels,
+            **self._task_info(),
             # Mean pooling is not a transformers option: TextPredictor.load puts it back (see the model card).
             "pooling": str(getattr(self, "pooling", "cls")),
         }
         (folder / MODEL_INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")
+
+
+def torch_softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of float64 logits (as the predictor computes it)."""
+    import torch
+
+    return torch.softmax(torch.from_numpy(logits).float(), dim=-1).double().numpy()
+
+
+class _FinalFit(_FinalFitSteps):
+    """The final fit of a classification task."""
+
+
+class _RegressionFinalFit(_FinalFitSteps, TextRegressionTrial):
+    """The final fit of ``trainer.task: regression``: numbers in the label's units, the scaler exported."""
+
+    scaler: LabelScaler
+
+    def _load_data(self) -> LabelledData:
+        data = super()._load_data()  # the final fit's splits (train+val merged when asked)
+        self.scaler = LabelScaler.fit(data.train.values())  # fitted on what this fit trains on
+        self.ctx.log(f"label standardized: mean {self.scaler.mean:.6g}, sd {self.scaler.scale:.6g}")
+        return data
+
+    def _split_predictions(self, split: Split) -> tuple[list[Any], np.ndarray]:
+        """The split's labels and the predicted numbers, both in the label's units."""
+        return split.values(), self.scaler.inverse(self._outputs(split.texts)[:, 0])
+
+    def _write_predictions(self, path: Path, splits: dict[str, tuple[list[Any], Any]]) -> None:
+        write_regression_predictions(path, splits)
+
+    def _task_info(self) -> dict[str, Any]:
+        return {"task": "regression", "labels": [], "label_scaler": self.scaler.to_dict()}
