@@ -488,7 +488,9 @@ def final_bars(
     exported = report.get("exported") or {}
     test = exported.get("test") or {}
     intervals = exported.get("test_intervals") or {}
-    names = [name for name in ("accuracy", "macro_f1") if name in test]
+    # A regression final's bars are its errors, in the label's units (r2 has another scale).
+    shown = ("rmse", "mae") if report.get("task") == "regression" else ("accuracy", "macro_f1")
+    names = [name for name in shown if name in test]
     values = [float(test[name]) for name in names]
     bounds = [
         (float(low), float(high))

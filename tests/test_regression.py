@@ -319,6 +319,8 @@ def test_final_tests_a_regression_model_in_the_label_units_and_predict_scores_as
     import numpy as np
     import pandas as pd
 
+    from orchestrator.report_figures import final_bars
+
     write_csv(tmp_path / "data" / "train.csv", make_numeric_rows(40, seed=1))
     write_csv(tmp_path / "data" / "val.csv", make_numeric_rows(20, seed=2))
     write_csv(tmp_path / "data" / "test.csv", make_numeric_rows(20, seed=3))
@@ -351,6 +353,7 @@ def test_final_tests_a_regression_model_in_the_label_units_and_predict_scores_as
         difference = report["baseline"]["difference"][name]
         assert difference["difference"] == pytest.approx(difference["tuned"] - difference["baseline"])
     assert "rmse" in result.stdout and "against the default config" in result.stdout
+    assert final_bars(report)[0] == ["rmse", "mae"]  # the sweep report's figure of the final
     card = (work / "model" / "README.md").read_text()
     assert "text regression model" in card and "| rmse |" in card and "confusion" not in card.lower()
     # The scaler is JSON beside the weights: no pickle in the exported folder.
