@@ -75,7 +75,6 @@ def find_blocks(model: nn.Module) -> tuple[nn.Module, list[nn.Module]]:
     return _stem_of(base, model), list(blocks)
 
 
-
 def _named_block_list(base: nn.Module) -> nn.ModuleList | None:
     for parent, child in _BLOCK_LISTS:
         owner = getattr(base, parent, None) if parent else base
