@@ -365,11 +365,15 @@ def model_card(report: Mapping[str, Any]) -> str:
     test = exported.get("test")
     names = _report_headline(report)
     regression = _is_regression(report)
+    # What the model reads: images for the image trainer, short texts otherwise.
+    images = str(report.get("trainer", "")).startswith("image")
+    pipeline = "image-classification" if images else "text-classification"
+    inputs, modality = ("images", "image") if images else ("short texts", "text")
     metadata: dict[str, Any] = {
         "library_name": "transformers",
-        "pipeline_tag": "text-classification",
+        "pipeline_tag": pipeline,
         "base_model": report["base_model"],
-        "tags": ["ftsweep", "text-classification", *(["regression"] if regression else [])],
+        "tags": ["ftsweep", pipeline, *(["regression"] if regression else [])],
     }
     if test is not None and regression:
         metadata["model-index"] = [
@@ -377,7 +381,7 @@ def model_card(report: Mapping[str, Any]) -> str:
                 "name": report["study"],
                 "results": [
                     {
-                        "task": {"type": "text-classification", "name": "regression"},
+                        "task": {"type": pipeline, "name": "regression"},
                         "dataset": {"name": report["study"], "type": "csv", "split": "test"},
                         "metrics": [
                             {"type": name, "value": round(test[name], 6)} for name in REGRESSION_HEADLINE
@@ -392,7 +396,7 @@ def model_card(report: Mapping[str, Any]) -> str:
                 "name": report["study"],
                 "results": [
                     {
-                        "task": {"type": "text-classification"},
+                        "task": {"type": pipeline},
                         "dataset": {"name": report["study"], "type": "csv", "split": "test"},
                         "metrics": [
                             {"type": "accuracy", "value": round(test["accuracy"], 6)},
@@ -404,19 +408,20 @@ def model_card(report: Mapping[str, Any]) -> str:
         ]
     out = ["---", yaml.safe_dump(metadata, sort_keys=False).rstrip(), "---", ""]
     what = (
-        "A regression model (`trainer.task: regression`): one number per text, in the label's own units."
+        f"A regression model (`trainer.task: regression`): one number per {modality}, "
+        "in the label's own units."
         if regression
         else f"Classes: {', '.join(f'`{label}`' for label in report['labels'])}."
     )
     use = (
-        "Predicting the label of short texts like those in the training data "
+        f"Predicting the label of {inputs} like those in the training data "
         f"(column `{report['input_column']}`), within the range of the training labels"
         if regression
-        else f"Classifying short texts like those in the training data (column `{report['input_column']}`) "
+        else f"Classifying {inputs} like those in the training data (column `{report['input_column']}`) "
         "into the classes above"
     )
     out += [
-        f"# {report['study']}: text {'regression model' if regression else 'classifier'}",
+        f"# {report['study']}: {modality} {'regression model' if regression else 'classifier'}",
         "",
         f"Fine-tuned from `{report['base_model']}` by ftsweep from trial "
         f"{report['trial']} of the "
@@ -426,7 +431,8 @@ def model_card(report: Mapping[str, Any]) -> str:
         "",
         "## Intended use",
         "",
-        f"{use}. It has seen only that data: check it on your own texts before relying on it, and do not use "
+        f"{use}. It has seen only that data: check it on your own {inputs.split()[-1]} before relying on "
+        "it, and do not use "
         "it for "
         "decisions about people without a human review. Score a file with "
         f"`ftsweep predict {report['model_dir']} INPUT.csv --out scored.csv`"

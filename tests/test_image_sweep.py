@@ -322,6 +322,9 @@ def test_final_fits_exports_and_predict_scores_image_paths(
     }
     report = json.loads((model / "final.json").read_text())
     assert report["data"]["test"]["rows"] == 12 and report["data"]["test"]["sha256"] != "-"
+    card = (model / "README.md").read_text()  # the model card speaks of images, not texts
+    assert "pipeline_tag: image-classification" in card and "image classifier" in card
+    assert "Classifying images like those" in card and "text" not in card.split("## Training")[0].lower()
 
     fitted = json.loads((work / "fits" / "tuned-seed0" / "predictions.json").read_text())
     test_paths = sorted(str(path) for path in (shapes / "test").rglob("*.png"))
