@@ -171,7 +171,13 @@ class FinalFitRequest:
 
 
 class Predictor(Protocol):
-    """A model exported by :meth:`BaseTrainer.final_fit`, loaded for ``ftsweep predict``."""
+    """A model exported by :meth:`BaseTrainer.final_fit`, loaded for ``ftsweep predict``.
+
+    Optional: ``predict_frame(inputs) -> pandas.DataFrame``, the columns ``ftsweep predict`` and the
+    MLflow model add to each input row (``predicted_label`` and ``probability_<class>`` for a classifier,
+    ``prediction`` in the label's units for a regression model; see ``trainers.final_fit``). A predictor
+    without it is scored through :meth:`predict_proba`.
+    """
 
     #: The class names, in the order of the probability columns.
     labels: list[str]
