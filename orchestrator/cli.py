@@ -274,7 +274,13 @@ def _finish(outcome: object) -> int:
         + ")",
         file=stream,
     )
-    if result.best_trial is not None:
+    if result.front:
+        print(f"Pareto front: trials {', '.join(map(str, result.front))}", file=stream)
+        print(
+            f"see it with: ftsweep best {outcome.study_name}" + _storage_flag(outcome.storage_url),
+            file=stream,
+        )
+    elif result.best_trial is not None:
         print(f"best trial {result.best_trial}: {result.best_value:.6g}", file=stream)
         print(
             f"see it with: ftsweep best {outcome.study_name}" + _storage_flag(outcome.storage_url),
@@ -364,12 +370,29 @@ def cmd_best(args: argparse.Namespace) -> int:
     from orchestrator.report import best_summary, best_trainer_params, format_best
 
     study = _open(args)
+    if len(study.directions) > 1:
+        return _print_front(study, args)
     summary = best_summary(study)
     assert summary is not None
     if args.as_sweep:
         return _write_best_sweep(study, args)
     params = best_trainer_params(study) if args.format == "yaml" else None
     print(format_best(summary, args.format, params))
+    return EXIT_OK
+
+
+def _print_front(study: object, args: argparse.Namespace) -> int:
+    """``best`` of a study of several objectives: its Pareto front (no one best trial to write as a sweep)."""
+    from orchestrator.report import format_front, front_summary
+
+    summary = front_summary(study)  # type: ignore[arg-type]
+    if args.as_sweep:
+        numbers = ", ".join(str(point["trial"]) for point in summary["front"])
+        raise UserError(
+            f"best --as-sweep: study {summary['study']!r} has several objectives and no one best trial; "
+            f"its Pareto front is trials {numbers}: fit one with `ftsweep final {summary['study']} --trial N`"
+        )
+    print(format_front(summary, args.format))
     return EXIT_OK
 
 

@@ -28,8 +28,9 @@ from orchestrator.storage import (
 )
 
 DEFAULT_TRAINER = "text-classification"
+DIRECTIONS = ("maximize", "minimize")
 
-SamplerName = Literal["tpe", "random", "grid", "cmaes", "gp", "qmc"]
+SamplerName = Literal["tpe", "random", "grid", "cmaes", "gp", "qmc", "nsga2"]
 PrunerName = Literal["none", "median", "successive_halving", "hyperband", "asha"]
 #: The names ``study.sampler.name`` / ``study.pruner.name`` take (one list: the schema's).
 SAMPLERS: tuple[str, ...] = get_args(SamplerName)
@@ -79,7 +80,9 @@ class StudyConfig(_Strict):
         None, description=f"SQLAlchemy URL; default ${STORAGE_ENV} or {DEFAULT_STORAGE}."
     )
     # Neither has a default here: the trainer supplies them (see with_trainer_defaults).
-    metric: str = Field(description="The metric the study optimizes; any metric the trainer reports.")
+    metric: str = Field(
+        description="The metric the study optimizes; any metric the trainer reports (a list: several)."
+    )
     direction: Literal["maximize", "minimize"] = Field(description="Which way the metric improves.")
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     pruner: PrunerConfig = Field(default_factory=PrunerConfig)
@@ -197,6 +200,15 @@ class Sweep:
     raw: dict[str, Any]
     base_dir: Path
     source: str
+
+    #: Every objective's metric and direction: ``study.metric`` as a list makes a multi-objective study
+    #: (``model.study.metric`` / ``direction`` are then the first objective's, what a trial ranks epochs by).
+    metrics: tuple[str, ...] = ()
+    directions: tuple[str, ...] = ()
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.metrics) > 1
 
     @property
     def study(self) -> StudyConfig:
@@ -339,11 +351,57 @@ def validate_sweep(raw: dict[str, Any], base_dir: Path, source: str) -> Sweep:
         raw = with_trainer_defaults(raw)
     except ConfigError as error:
         raise ConfigError(error.problems, source=source) from None
+    metrics, directions, problems = _objectives(raw)
+    first = _with_first_objective(raw, metrics, directions) if metrics else raw
     try:
-        model = SweepModel.model_validate(raw)
+        model = SweepModel.model_validate(first)
     except ValidationError as error:
-        raise ConfigError(describe_validation_error(error, SweepModel), source=source) from None
-    return Sweep(model=model, raw=raw, base_dir=Path(base_dir), source=source)
+        raise ConfigError(problems + describe_validation_error(error, SweepModel), source=source) from None
+    if problems:
+        raise ConfigError(problems, source=source)
+    if not metrics:
+        metrics, directions = (model.study.metric,), (model.study.direction,)
+    return Sweep(
+        model=model, raw=raw, base_dir=Path(base_dir), source=source, metrics=metrics, directions=directions
+    )
+
+
+def _objectives(raw: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...], list[str]]:
+    """``study.metric`` / ``study.direction`` given as lists (several objectives): (metrics, directions,
+    problems); empty tuples when they are single values (the schema checks those)."""
+    study = raw.get("study")
+    if not isinstance(study, dict):
+        return (), (), []
+    metric, direction = study.get("metric"), study.get("direction")
+    if not isinstance(metric, list) and not isinstance(direction, list):
+        return (), (), []
+    metrics = metric if isinstance(metric, list) else [metric]
+    directions = direction if isinstance(direction, list) else [direction]
+    example = "study.metric: [val_f1, generalization_gap] with study.direction: [maximize, minimize]"
+    problems = []
+    if not metrics or not all(isinstance(m, str) and m for m in metrics):
+        problems.append(f"study.metric: {metric!r} is not a list of metric names; e.g. {example}")
+    elif len(set(metrics)) != len(metrics):
+        problems.append(f"study.metric: {metric!r} names a metric twice; each objective is one metric")
+    if not all(d in DIRECTIONS for d in directions):
+        problems.append(
+            f"study.direction: {direction!r}: each direction must be one of {', '.join(DIRECTIONS)}"
+        )
+    if not problems and len(metrics) != len(directions):
+        problems.append(
+            f"study.direction: {len(directions)} direction(s) for {len(metrics)} metric(s) in study.metric; "
+            f"give one per metric, e.g. {example}"
+        )
+    if problems:
+        return (), (), problems
+    return tuple(metrics), tuple(directions), []
+
+
+def _with_first_objective(
+    raw: dict[str, Any], metrics: tuple[str, ...], directions: tuple[str, ...]
+) -> dict[str, Any]:
+    """``raw`` with the first objective as ``study.metric`` / ``study.direction``, for the schema."""
+    return {**raw, "study": {**raw["study"], "metric": metrics[0], "direction": directions[0]}}
 
 
 def with_trainer_defaults(raw: dict[str, Any]) -> dict[str, Any]:
@@ -378,6 +436,10 @@ def with_trainer_defaults(raw: dict[str, Any]) -> dict[str, Any]:
             study["metric"] = default_metric
         if "direction" not in study and isinstance(study.get("metric"), str):
             study["direction"] = trainer_cls.direction_of(study["metric"])
+        elif "direction" not in study and isinstance(study.get("metric"), list):
+            metrics = study["metric"]
+            if all(isinstance(metric, str) for metric in metrics):
+                study["direction"] = [trainer_cls.direction_of(metric) for metric in metrics]
         filled["study"] = study
     default_space = trainer_cls.default_search_space_for(trainer_section)
     if "search_space" not in raw and default_space is not None:

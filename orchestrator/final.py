@@ -221,6 +221,14 @@ def _chosen_trial(study: optuna.Study, number: int | None) -> optuna.trial.Froze
     from orchestrator.report import best_trial
 
     name = study.study_name
+    if number is None and len(study.directions) > 1:
+        from orchestrator.study import pareto_front
+
+        front = ", ".join(str(t.number) for t in pareto_front(study)) or "none yet"
+        raise UserError(
+            f"study {name!r} has several objectives and no one best trial: choose a trial of its Pareto "
+            f"front with --trial N (front: trials {front})"
+        )
     if number is None:
         found = best_trial(study)
         if found is None:
@@ -270,11 +278,16 @@ def _trial_params(sweep: Sweep, trainer: BaseTrainer, trial: optuna.trial.Frozen
 
 
 def _best_epoch(trial: optuna.trial.FrozenTrial, params: dict[str, Any], trainer: BaseTrainer) -> int:
-    """The trial's best epoch: the first whose reported value is the trial's value."""
+    """The trial's best epoch: the first whose reported value is the trial's value (several objectives:
+    the epoch its values were taken from)."""
+    from orchestrator.study import BEST_EPOCH_ATTR
+
     values = trial.intermediate_values
-    if values and trial.value is not None:
+    if BEST_EPOCH_ATTR in trial.user_attrs:
+        return int(trial.user_attrs[BEST_EPOCH_ATTR])
+    if values and trial.values:
         for epoch in sorted(values):
-            if values[epoch] == trial.value:
+            if values[epoch] == trial.values[0]:
                 return int(epoch)
     return int(trainer.max_epochs(params) or max(values, default=1))
 
@@ -542,7 +555,7 @@ def _report(
     report: dict[str, Any] = {
         "study": sweep.study.name,
         "trial": trial.number,
-        "trial_value": trial.value,
+        "trial_value": trial.values[0],
         "metric": metric,
         "direction": sweep.study.direction,
         "trainer": sweep.trainer.name,

@@ -101,10 +101,16 @@ def plan_sweep(sweep: Sweep, check_data: bool = True) -> SweepPlan:
     if check_data and not problems:
         problems = _check_against_trainer(sweep, trainer, space, fixed)
     reported = trainer.reported_metrics()
-    if reported and sweep.study.metric not in reported:
+    for metric in sweep.metrics:
+        if reported and metric not in reported:
+            problems.append(
+                f"study.metric: {metric!r} is not a metric the trainer {trainer_cls.name!r} reports; "
+                f"allowed: {', '.join(reported)}"
+            )
+    if sweep.multi_objective and sweep.execution.backend == "ray":
         problems.append(
-            f"study.metric: {sweep.study.metric!r} is not a metric the trainer {trainer_cls.name!r} reports; "
-            f"allowed: {', '.join(reported)}"
+            "execution.backend: ray does not run a study of several objectives (study.metric is a list) "
+            "yet; use execution.backend: local, or one metric"
         )
     if problems:
         raise ConfigError(problems, source=sweep.source)

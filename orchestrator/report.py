@@ -7,7 +7,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import StudyNotFound
-from orchestrator.study import EPOCHS_ATTR, RUN_ID_ATTR, stored_sweep, sweep_record
+from orchestrator.study import EPOCHS_ATTR, RUN_ID_ATTR, pareto_front, stored_sweep, sweep_record
 
 if TYPE_CHECKING:
     import optuna
@@ -34,8 +34,85 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
     ]
     if not complete:
         return None
-    sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
-    return min(complete, key=lambda t: (sign * float(t.value), t.number))  # type: ignore[arg-type]
+    # A study of several objectives: the best on its first objective (``pareto_front`` is its answer).
+    sign = -1.0 if study.directions[0] == StudyDirection.MAXIMIZE else 1.0
+    return min(complete, key=lambda t: (sign * float(t.values[0]), t.number))
+
+
+def is_multi_objective(study: optuna.Study) -> bool:
+    return len(study.directions) > 1
+
+
+def front_summary(study: optuna.Study) -> dict[str, Any]:
+    """``ftsweep best`` of a study of several objectives: its Pareto front, each trial with its values
+    (every metric at the epoch best on the first one), its parameters and MLflow run.
+
+    Raises:
+        StudyNotFound: when no trial has completed yet.
+    """
+    front = pareto_front(study)
+    if not front:
+        raise StudyNotFound(
+            f"study {study.study_name!r} has no complete trial yet; see `ftsweep status {study.study_name}`"
+        )
+    sweep = stored_sweep(study)
+    fixed = _fixed_params(study)
+    return {
+        "study": study.study_name,
+        "metrics": list(sweep.metrics),
+        "directions": list(sweep.directions),
+        "front": [
+            {
+                "trial": trial.number,
+                "values": dict(zip(sweep.metrics, trial.values, strict=True)),
+                "params": {**fixed, **trial.params},
+                "sampled": sorted(trial.params),
+                "epochs": trial.user_attrs.get(EPOCHS_ATTR, max(trial.intermediate_values, default=None)),
+                "mlflow_run_id": trial.user_attrs.get(RUN_ID_ATTR),
+            }
+            for trial in front
+        ],
+    }
+
+
+def format_front(summary: dict[str, Any], fmt: str) -> str:
+    """The front as ``table`` (one row a trial), ``yaml`` (a list of ``trainer.params`` mappings under
+    their trial numbers) or ``json`` (the whole summary)."""
+    if fmt == "json":
+        return json.dumps(summary, indent=2, default=str)
+    objectives = ", ".join(
+        f"{m} ({d})" for m, d in zip(summary["metrics"], summary["directions"], strict=True)
+    )
+    numbers = ", ".join(str(point["trial"]) for point in summary["front"])
+    if fmt == "yaml":
+        import yaml
+
+        header = [
+            f"# study {summary['study']}: Pareto front of {objectives}: trials {numbers}",
+            f"# each a trainer.params mapping; fit one with `ftsweep final {summary['study']} --trial N`",
+        ]
+        body = {
+            f"trial {point['trial']}": {"values": point["values"], "params": point["params"]}
+            for point in summary["front"]
+        }
+        return "\n".join(header) + "\n" + yaml.safe_dump(body, sort_keys=False).rstrip("\n")
+    lines = [f"study {summary['study']}: Pareto front of {objectives}: {len(summary['front'])} trial(s)"]
+    header = ["trial", *summary["metrics"], "params"]
+    rows = [
+        [
+            str(point["trial"]),
+            *(f"{point['values'][m]:.6g}" for m in summary["metrics"]),
+            ", ".join(f"{key}={point['params'][key]}" for key in point["sampled"]),
+        ]
+        for point in summary["front"]
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
+    for row in [header, *rows]:
+        lines.append(
+            "  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1]
+        )
+    lines.append(f"fit one with: ftsweep final {summary['study']} --trial N")
+    return "\n".join(lines)
 
 
 def best_summary(study: optuna.Study, required: bool = True) -> dict[str, Any] | None:
@@ -59,7 +136,7 @@ def best_summary(study: optuna.Study, required: bool = True) -> dict[str, Any] |
         "metric": sweep.study.metric,
         "direction": sweep.study.direction,
         "trial": trial.number,
-        "value": trial.value,
+        "value": trial.values[0],
         "params": {**fixed, **trial.params},
         "sampled": sorted(trial.params),
         "epochs": trial.user_attrs.get(EPOCHS_ATTR, max(trial.intermediate_values, default=None)),

@@ -72,6 +72,7 @@ class TrialRow:
     end: datetime.datetime | None
     run_id: str | None
     gap: float | None = None  # the last generalization gap MLflow holds for the trial
+    values: tuple[float, ...] = ()  # a study of several objectives: every objective's value
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,10 @@ class ReportData:
     gap_note: str | None = None
     final: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    #: A study of several objectives: its metrics, their directions and the trial numbers of its Pareto front.
+    metrics: list[str] = field(default_factory=list)
+    directions: list[str] = field(default_factory=list)
+    front: list[int] = field(default_factory=list)
     generated: datetime.datetime = field(default_factory=lambda: datetime.datetime.now(datetime.timezone.utc))
 
     @property
@@ -264,6 +269,7 @@ def from_study(study: optuna.Study) -> ReportData:
             start=t.datetime_start,
             end=t.datetime_complete,
             run_id=t.user_attrs.get(RUN_ID_ATTR),
+            values=tuple(t.values) if t.values and len(study.directions) > 1 else (),
         )
         for t in frozen
     ]
@@ -274,11 +280,44 @@ def from_study(study: optuna.Study) -> ReportData:
                 log_scale.setdefault(name, bool(distribution.log))
     data = ReportData(study.study_name, metric, direction, None, trials, log_scale)
     if len(study.directions) > 1:
-        data.notes.append(
-            f"this study has {len(study.directions)} objectives: the figures show the first one, {metric}"
-        )
+        _objectives(study, data)
     _importances(study, data)
     return data
+
+
+def _objectives(study: optuna.Study, data: ReportData) -> None:
+    """A study of several objectives: its metrics, its Pareto front (the trials it ran, as ``ftsweep best``
+    shows it), and the note that the other figures draw the first objective."""
+    from optuna.trial import TrialState
+
+    from orchestrator.study import front_numbers, is_warm_started
+
+    data.directions = ["maximize" if d.name == "MAXIMIZE" else "minimize" for d in study.directions]
+    names = list(study.metric_names or [])
+    data.metrics = (
+        names
+        if len(names) == len(data.directions)
+        else [f"objective {i}" for i in range(len(data.directions))]
+    )
+    signs = [-1.0 if d == "maximize" else 1.0 for d in data.directions]
+    costs = {
+        t.number: [sign * float(v) for sign, v in zip(signs, t.values, strict=True)]
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.values and not is_warm_started(t) and all(math.isfinite(v) for v in t.values)
+    }
+    data.front = front_numbers(costs)
+    data.notes.append(
+        f"this study has {len(data.metrics)} objectives: the Pareto front figure draws {data.metrics[0]} "
+        f"against {data.metrics[1]}; the other figures show the first one, {data.metrics[0]}"
+    )
+
+
+def figures(data: ReportData) -> tuple[tuple[str, str], ...]:
+    """The figures of ``data``'s report: :data:`FIGURES`, and the Pareto front after the history for a
+    study of several objectives."""
+    if len(data.metrics) < 2:
+        return FIGURES
+    return (FIGURES[0], PARETO_FIGURE, *FIGURES[1:])
 
 
 def _importances(study: optuna.Study, data: ReportData) -> None:
@@ -433,6 +472,8 @@ FIGURES = (
     ("top", "Top trials"),
     ("final", "Final: test metrics and baseline"),
 )
+#: A study of several objectives has this figure too (after the history): see :func:`figures`.
+PARETO_FIGURE = ("pareto", "Pareto front")
 #: Above this many trials a figure draws a sample or an aggregate, and says so.
 MAX_CURVES = 200
 MAX_PARALLEL = 500

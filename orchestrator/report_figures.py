@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.report_data import (
-    FIGURES,
     MAX_CURVES,
     MAX_PARALLEL,
     MAX_SCATTER,
@@ -25,6 +24,7 @@ from orchestrator.report_data import (
     TrialRow,
     best_so_far,
     curve_band,
+    figures,
     sample_trials,
     timeline_lanes,
 )
@@ -56,9 +56,10 @@ def draw_all(data: ReportData) -> list[Drawn]:
         "timeline": timeline,
         "top": top_table,
         "final": final,
+        "pareto": pareto,
     }
     out = []
-    for key, title in FIGURES:
+    for key, title in figures(data):
         figure, note = drawers[key](data)
         if figure is not None:
             figure.update_layout(title={"text": title}, template="plotly_white")
@@ -114,6 +115,59 @@ def history(data: ReportData) -> tuple[Any | None, str | None]:
     )
     figure.update_layout(xaxis_title="trial", yaxis_title=f"{data.metric} ({data.direction})")
     note = None if len(complete) > 1 else "one complete trial: the history starts here"
+    return figure, note
+
+
+def pareto_points(data: ReportData) -> tuple[list[TrialRow], list[TrialRow], str | None]:
+    """(the front's trials sorted along the first objective, the other complete trials to draw, a note):
+    every front trial is drawn; above :data:`MAX_SCATTER` trials, a seeded sample of the others."""
+    on_front = set(data.front)
+    complete = [t for t in data.complete if len(t.values) >= 2 and all(map(math.isfinite, t.values[:2]))]
+    front = sorted((t for t in complete if t.number in on_front), key=lambda t: (t.values[0], t.values[1]))
+    others = [t for t in complete if t.number not in on_front]
+    shown, note = sample_trials(others, [], MAX_SCATTER, 0)
+    notes = [note] if note else []
+    if len(data.metrics) > 2:
+        notes.append(f"the first two of {len(data.metrics)} objectives ({', '.join(data.metrics)})")
+    return front, shown, "; ".join(notes) or None
+
+
+def pareto(data: ReportData) -> tuple[Any | None, str | None]:
+    """The first two objectives of every complete trial, the Pareto front highlighted and joined."""
+    front, others, note = pareto_points(data)
+    if not front:
+        return None, _no_complete(data) or "no complete trial has every objective's value yet"
+    go = _go()
+    figure = go.Figure()
+    first, second = data.metrics[0], data.metrics[1]
+
+    def text(trials: list[TrialRow]) -> list[str]:
+        return [f"trial {t.number}: {first} {t.values[0]:.4g}, {second} {t.values[1]:.4g}" for t in trials]
+
+    figure.add_trace(
+        go.Scatter(
+            x=[t.values[0] for t in others],
+            y=[t.values[1] for t in others],
+            mode="markers",
+            name="dominated",
+            text=text(others),
+            marker={"color": COMPLETE, "size": 7, "opacity": 0.6},
+        )
+    )
+    figure.add_trace(
+        go.Scatter(
+            x=[t.values[0] for t in front],
+            y=[t.values[1] for t in front],
+            mode="lines+markers",
+            name="Pareto front",
+            text=text(front),
+            line={"color": BEST, "shape": "hv" if data.directions[0] == "maximize" else "vh", "dash": "dot"},
+            marker={"color": BEST, "size": 10, "symbol": "diamond"},
+        )
+    )
+    figure.update_layout(
+        xaxis_title=f"{first} ({data.directions[0]})", yaxis_title=f"{second} ({data.directions[1]})"
+    )
     return figure, note
 
 

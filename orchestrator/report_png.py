@@ -14,7 +14,6 @@ from collections.abc import Callable
 from typing import Any
 
 from orchestrator.report_data import (
-    FIGURES,
     MAX_CURVES,
     MAX_PARALLEL,
     MAX_SCATTER,
@@ -23,6 +22,7 @@ from orchestrator.report_data import (
     ReportData,
     best_so_far,
     curve_band,
+    figures,
     sample_trials,
     timeline_lanes,
 )
@@ -35,6 +35,7 @@ from orchestrator.report_figures import (
     Drawn,
     busy_share,
     final_bars,
+    pareto_points,
     top_rows,
 )
 
@@ -55,8 +56,9 @@ def render_pngs(data: ReportData, drawn: list[Drawn]) -> list[tuple[str, bytes]]
         "timeline": _timeline,
         "top": _top,
         "final": _final,
+        "pareto": _pareto,
     }
-    assert [key for key, _ in FIGURES] == [item.key for item in drawn]
+    assert [key for key, _ in figures(data)] == [item.key for item in drawn]
     out = []
     for index, item in enumerate(drawn, start=1):
         figure = _new_figure(item.key, data)
@@ -257,6 +259,30 @@ def _gap(figure: Any, data: ReportData) -> None:
             ax.xaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks overlap
     axes[0].set_ylabel("generalization gap (last epoch)")
     figure.colorbar(_mappable(colour_map, norm), ax=list(axes), label=data.metric)
+
+
+def _pareto(figure: Any, data: ReportData) -> None:
+    front, others, _ = pareto_points(data)
+    ax = figure.subplots()
+    ax.scatter(
+        [t.values[0] for t in others],
+        [t.values[1] for t in others],
+        s=18,
+        color=COMPLETE,
+        alpha=0.6,
+        label="dominated",
+    )
+    ax.plot(
+        [t.values[0] for t in front],
+        [t.values[1] for t in front],
+        ls=":",
+        marker="D",
+        color=BEST,
+        label="Pareto front",
+    )
+    ax.set_xlabel(f"{data.metrics[0]} ({data.directions[0]})")
+    ax.set_ylabel(f"{data.metrics[1]} ({data.directions[1]})")
+    ax.legend(loc="best", fontsize=8)
 
 
 def _timeline(figure: Any, data: ReportData) -> None:

@@ -31,11 +31,19 @@ from orchestrator.recovery import (
     owner_id,
     queue_rerun,
 )
-from orchestrator.store_adapter import record_heartbeats, stored_trial, trial_by_number, trial_id
+from orchestrator.store_adapter import (
+    record_heartbeats,
+    stored_trial,
+    study_storage,
+    trial_by_number,
+    trial_id,
+)
 from orchestrator.study import (
+    BEST_EPOCH_ATTR,
     DEVICE_ATTR,
     EPOCHS_ATTR,
     INTERRUPTED_ATTR,
+    MULTI_OBJECTIVE_NOTE,
     REASON_ATTR,
     RERUN_OF_ATTR,
     RUN_ID_ATTR,
@@ -71,6 +79,8 @@ class TrialHandle:
     running_best: float | None = None
     #: Why the session asked to prune the trial, when it was not the pruner (e.g. ``no progress``).
     prune_reason: str | None = None
+    #: Every metric of each epoch reported (a study of several objectives takes its values from one epoch).
+    epoch_metrics: dict[int, dict[str, float]] = field(default_factory=dict)
 
     @property
     def number(self) -> int:
@@ -100,6 +110,7 @@ class SessionResult:
         stop_reason: why it stopped before the budget, or None.
         stopped_by: the stop in words, for the terminal.
         first_error: the first failed trial of this session, as one line, or None.
+        front: a study of several objectives: the trial numbers of its Pareto front (else None).
     """
 
     complete: int
@@ -111,6 +122,7 @@ class SessionResult:
     stopped_by: str | None
     stop_reason: StopReason | None = None
     first_error: str | None = None
+    front: list[int] | None = None
 
     @property
     def finished(self) -> int:
@@ -165,6 +177,9 @@ class StudySession:
         self._last_heartbeat = 0.0
         self.metric = plan.sweep.study.metric
         self.maximize = plan.sweep.study.direction == "maximize"
+        #: Several objectives: no pruning (Optuna's pruners take one value), values from one epoch each.
+        self.metrics = plan.sweep.metrics
+        self.multi_objective = plan.sweep.multi_objective
         self.in_flight: dict[int, TrialHandle] = {}
         self.stop_reason: StopReason | None = None
         self.stop_detail: str | None = None
@@ -178,6 +193,8 @@ class StudySession:
         self._counted = 0
         self._failed = 0
         self._load_history()
+        if self.multi_objective:
+            progress.say(MULTI_OBJECTIVE_NOTE.format(metrics=", ".join(self.metrics)))
 
     # -- state --
     def _load_history(self) -> None:
@@ -191,11 +208,11 @@ class StudySession:
         for trial in trials:
             if (
                 trial.state == TrialState.COMPLETE
-                and trial.value is not None
+                and trial.values
                 and not is_warm_started(trial)  # the best (and its checkpoint) is one this study ran
-                and self._better(trial.value, trial.number)
+                and self._better(trial.values[0], trial.number)
             ):
-                self.best_value, self.best_trial = trial.value, trial.number
+                self.best_value, self.best_trial = trial.values[0], trial.number
         self.progress.already = self._counted
         self.progress.budget = self.n_trials
         if self.best_value is not None and self.best_trial is not None:
@@ -339,7 +356,7 @@ class StudySession:
                 old.rename(handle.checkpoint_dir)
         for step, value in sorted(previous.intermediate_values.items()):
             handle.running_best = self._running_best(handle.running_best, value)
-            handle.trial.report(handle.running_best, step)
+            self._record_running_best(handle, step)
             handle.known_epochs.add(step)
         handle.epochs = max(handle.known_epochs, default=0)
 
@@ -351,10 +368,11 @@ class StudySession:
         """
         handle.epochs = max(handle.epochs, epoch)
         handle.last_metrics = metrics
+        handle.epoch_metrics[epoch] = dict(metrics)
         self.progress.epoch_reported(handle.number, epoch, metrics)
         self._attach_run_id(handle)
         if epoch in handle.known_epochs:
-            return handle.trial.should_prune()
+            return False if self.multi_objective else handle.trial.should_prune()
         handle.known_epochs.add(epoch)
         if self.tracker and handle.run is not None:
             self.tracker.log_epoch(handle.run, epoch, metrics)
@@ -365,7 +383,9 @@ class StudySession:
         # far. Shown each epoch's own value, it prunes a trial that peaked early (the over-fitting case
         # this product exists for) on a later, worse epoch, and throws the study's best model away.
         handle.running_best = self._running_best(handle.running_best, value)
-        handle.trial.report(handle.running_best, epoch)
+        self._record_running_best(handle, epoch)
+        if self.multi_objective:
+            return False  # no pruner takes several objectives, nor does the no-progress rule
         if self.is_last_epoch(handle, epoch):
             return False  # its training is done: pruning it now would only throw its result away
         reason = self._no_progress(handle, epoch, value, metrics)
@@ -373,6 +393,18 @@ class StudySession:
             handle.prune_reason = reason
             return True
         return handle.trial.should_prune()
+
+    def _record_running_best(self, handle: TrialHandle, epoch: int) -> None:
+        """The first metric's best so far as the trial's intermediate value of ``epoch`` (learning curves,
+        status's epochs, a re-run's replay). Optuna's ``Trial.report`` refuses a study of several objectives
+        (it feeds the pruner), so there it is written to the storage directly."""
+        assert handle.running_best is not None
+        if self.multi_objective:
+            study_storage(self.study).set_trial_intermediate_value(
+                trial_id(handle.trial), epoch, handle.running_best
+            )
+        else:
+            handle.trial.report(handle.running_best, epoch)
 
     def pruning_value(self, handle: TrialHandle) -> float | None:
         """What a pruner of another library (Ray's ASHA) must be shown for the trial: its running best."""
@@ -440,7 +472,15 @@ class StudySession:
             self.prune(handle, f"diverged: {self.metric} is {value}")
             return
         self._attach(handle, epochs=int(result.get("epochs_run", handle.epochs)))
-        self.study.tell(handle.trial, value)
+        if self.multi_objective:
+            values = self._objective_values(handle, result)
+            missing = [metric for metric, found in zip(self.metrics, values, strict=True) if found is None]
+            if missing:
+                self.fail(handle, f"the trainer reported no {', '.join(map(repr, missing))}")
+                return
+            self.study.tell(handle.trial, [float(found) for found in values if found is not None])
+        else:
+            self.study.tell(handle.trial, value)
         if self._better(value, handle.number):
             previous = self.best_trial
             self.best_value, self.best_trial = value, handle.number
@@ -453,6 +493,33 @@ class StudySession:
         else:
             self._drop_checkpoint(handle.number)
         self._finished(handle, "COMPLETE", value=value, summary=result)
+
+    def _objective_values(self, handle: TrialHandle, result: dict[str, float]) -> list[float | None]:
+        """Each objective's value at the trial's chosen epoch: the epoch best on the FIRST metric (the
+        trainer's ``best_epoch`` when it says, else the first epoch reaching the best reported value),
+        every metric read at that epoch (then the trainer's result, then its last epoch)."""
+        epochs = {
+            e: m for e, m in handle.epoch_metrics.items() if math.isfinite(m.get(self.metric, math.nan))
+        }
+        chosen: int | None = None
+        said = result.get("best_epoch")
+        if said is not None and int(said) in epochs:
+            chosen = int(said)
+        elif epochs:
+            sign = -1.0 if self.maximize else 1.0
+            chosen = min(epochs, key=lambda e: (sign * epochs[e][self.metric], e))
+        at_epoch = epochs.get(chosen, {}) if chosen is not None else {}
+        if chosen is not None:
+            handle.trial.set_user_attr(BEST_EPOCH_ATTR, chosen)
+        values: list[float | None] = []
+        for index, metric in enumerate(self.metrics):
+            found = at_epoch.get(metric)
+            if found is None:
+                found = result.get(metric, handle.last_metrics.get(metric))
+            if index == 0 and chosen is None:
+                found = result.get(metric, found)
+            values.append(None if found is None else float(found))
+        return values
 
     def prune(self, handle: TrialHandle, reason: str) -> None:
         from optuna.trial import TrialState
@@ -558,4 +625,10 @@ class StudySession:
             stopped_by=self.stop_detail,
             stop_reason=self.stop_reason,
             first_error=self.first_error,
+            front=self._front() if self.multi_objective else None,
         )
+
+    def _front(self) -> list[int]:
+        from orchestrator.study import pareto_front
+
+        return [trial.number for trial in pareto_front(self.study)]

@@ -45,6 +45,18 @@ class StatusData:
     best_value: float | None = None
     total: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    #: A study of several objectives: its metrics (the value column shows each) and its Pareto front.
+    metrics: list[str] = field(default_factory=list)
+    front: list[int] = field(default_factory=list)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The table's columns: a study of several objectives has ``front`` (``*``: on the Pareto front)."""
+        return (*COLUMNS[:3], "front", *COLUMNS[3:]) if self.metrics else COLUMNS
+
+    def header(self) -> list[str]:
+        value = " / ".join(self.metrics) if self.metrics else self.metric
+        return [value if column == "value" else column for column in self.columns]
 
 
 def _when(value: Any) -> datetime.datetime | None:
@@ -119,6 +131,10 @@ def _read(
     sweep = sweep_records(connection, study_id).get(study_id, {}).get("sweep", {})
     study_section = sweep.get("study", {})
     direction = study_section.get("direction", "maximize")
+    metrics: list[str] = []
+    if isinstance(study_section.get("metric"), list):  # several objectives (the first one ranks "best")
+        metrics, directions = list(study_section["metric"]), list(direction)
+        direction = directions[0]
     # Trials study.warm_start copied from an earlier study are counted apart: they never ran here.
     counts: Counter[str] = Counter(
         {
@@ -171,6 +187,16 @@ def _read(
         text(f"SELECT x.trial_id, x.value FROM trial_values x {joined} AND x.objective = 0"), key
     ):
         rows[trial_id]["value"] = value
+    front: list[int] = []
+    if metrics:
+        front = _pareto_front(connection, text, key, directions)
+        for trial_id, objective, value in connection.execute(
+            text(f"SELECT x.trial_id, x.objective, x.value FROM trial_values x {joined}"), key
+        ):
+            rows[trial_id].setdefault("values", [None] * len(metrics))[objective] = value
+        on_front = set(front)
+        for row in rows.values():
+            row["front"] = row["number"] in on_front
     for trial_id, name, value, distribution in connection.execute(
         text(
             "SELECT x.trial_id, x.param_name, x.param_value, x.distribution_json "
@@ -195,7 +221,7 @@ def _read(
             rows[trial_id]["epochs"] = step
     return StatusData(
         study_name=study_name,
-        metric=study_section.get("metric", "value"),
+        metric=metrics[0] if metrics else study_section.get("metric", "value"),
         direction=direction,
         budget=study_section.get("n_trials"),
         counts=counts,
@@ -203,7 +229,29 @@ def _read(
         best_trial=best[0] if best else None,
         best_value=best[1] if best else None,
         total=total,
+        metrics=metrics,
+        front=front,
     )
+
+
+def _pareto_front(connection: Any, text: Any, key: dict[str, Any], directions: list[str]) -> list[int]:
+    """The numbers of the complete trials this study ran (not warm-started) on the Pareto front."""
+    from orchestrator.study import front_numbers
+
+    costs: dict[int, list[float]] = {}
+    for number, objective, value in connection.execute(
+        text(
+            "SELECT t.number, v.objective, v.value "
+            "FROM trial_values v JOIN trials t ON t.trial_id = v.trial_id "
+            "WHERE t.study_id = :s AND t.state = 'COMPLETE' AND v.value IS NOT NULL "
+            f"AND t.trial_id NOT IN ({_WARM_TRIALS})"
+        ),
+        key,
+    ):
+        if objective < len(directions):
+            sign = -1.0 if directions[objective] == "maximize" else 1.0
+            costs.setdefault(number, [0.0] * len(directions))[objective] = sign * float(value)
+    return front_numbers(costs)
 
 
 def _format_value(value: Any) -> str:
@@ -211,11 +259,21 @@ def _format_value(value: Any) -> str:
 
 
 def _cells(row: dict[str, Any]) -> list[str]:
-    duration = row["duration_seconds"]
+    if "front" in row:  # several objectives: every value, and the front's mark
+        values = row.get("values") or []
+        shown = "" if not values or None in values else " / ".join(f"{v:.4f}" for v in values)
+        return [str(row["number"]), row["state"].lower(), shown, "*" if row["front"] else "", *_rest(row)]
     return [
         str(row["number"]),
         row["state"].lower(),
         "" if row["value"] is None else f"{row['value']:.4f}",
+        *_rest(row),
+    ]
+
+
+def _rest(row: dict[str, Any]) -> list[str]:
+    duration = row["duration_seconds"]
+    return [
         "" if row["epochs"] is None else str(row["epochs"]),
         "" if duration is None else f"{duration:.1f}s",
         ", ".join(f"{key}={_format_value(value)}" for key, value in row["params"].items()),
@@ -230,7 +288,10 @@ def summary_line(data: StatusData) -> str:
     line = f"{data.total} trials: {', '.join(parts) or 'none yet'}"
     if data.budget:
         line += f"; budget {data.budget}"
-    if data.best_value is not None:
+    if data.metrics:
+        shown = ", ".join(map(str, data.front)) or "none yet"
+        line += f"; Pareto front (*) of {' / '.join(data.metrics)}: trials {shown}"
+    elif data.best_value is not None:
         line += f"; best {data.metric} {data.best_value:.4f} (trial {data.best_trial})"
     if len(data.rows) < data.total:
         line += f"; showing the last {len(data.rows)} (--all for every trial)"
@@ -242,8 +303,8 @@ def render_status(data: StatusData) -> Any:
     from rich.table import Table
 
     table = Table(title=f"study {data.study_name}", title_justify="left")
-    for column in COLUMNS:
-        table.add_column(data.metric if column == "value" else column, overflow="fold")
+    for column in data.header():
+        table.add_column(column, overflow="fold")
     for row in data.rows:
         table.add_row(*_cells(row))
     table.caption = summary_line(data)
@@ -253,7 +314,7 @@ def render_status(data: StatusData) -> Any:
 
 def render_plain(data: StatusData) -> str:
     """The same table as plain text: columns aligned with spaces, one line per trial."""
-    header = [data.metric if column == "value" else column for column in COLUMNS]
+    header = data.header()
     lines = [_cells(row) for row in data.rows]
     widths = [
         max([len(header[index])] + [len(cells[index]) for cells in lines]) for index in range(len(header) - 1)
@@ -278,7 +339,7 @@ def render_plain(data: StatusData) -> str:
 
 def table_width(data: StatusData) -> int:
     """The width rich's table of ``data`` needs to show every row on one line (cells, padding, borders)."""
-    header = [data.metric if column == "value" else column for column in COLUMNS]
+    header = data.header()
     cells = [_cells(row) for row in data.rows]
     widths = [max([len(header[i])] + [len(row[i]) for row in cells]) for i in range(len(header))]
     return sum(widths) + 3 * len(widths) + 1
@@ -317,8 +378,10 @@ def render_compact(data: StatusData, width: int = 80) -> str:
     """
     import textwrap
 
-    header = ["trial", "state", _fit(data.metric, 24), "epochs", "duration"]
+    header = ["trial", "state", _fit(data.header()[2], 24), "epochs", "duration"]
     rows = [_cells(row) for row in data.rows]
+    if data.metrics:  # several objectives: the front's mark goes beside the values
+        rows = [[*cells[:2], f"{cells[2]} {cells[3]}".rstrip(), *cells[4:]] for cells in rows]
     widths = [max([len(header[i])] + [len(cells[i]) for cells in rows]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:

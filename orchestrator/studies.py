@@ -125,12 +125,17 @@ def _read(connection: Any, text: Any) -> list[StudyRow]:
                 name=name,
                 done=done.get(study_id, 0),
                 budget=section.get("n_trials"),
-                metric=section.get("metric", "value"),
+                metric=_first_metric(section.get("metric", "value")),
                 best=high if directions.get(study_id, True) else low,
                 last_activity=last.get(study_id),
             )
         )
     return sorted(rows, key=lambda row: row.name)
+
+
+def _first_metric(metric: Any) -> str:
+    """A study of several objectives (``study.metric`` a list) is listed by its first one."""
+    return str(metric[0]) if isinstance(metric, list) and metric else str(metric)
 
 
 def render_studies(rows: list[StudyRow], where: str) -> str:

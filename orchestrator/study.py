@@ -34,6 +34,9 @@ PARAMS_ATTR = "all_params"
 EPOCHS_ATTR = "epochs"
 INTERRUPTED_ATTR = "interrupted"
 RERUN_OF_ATTR = "rerun_of"
+#: On a complete trial of a study of several objectives: the epoch its values were taken from (the best
+#: epoch on the first metric; every objective's value is that epoch's).
+BEST_EPOCH_ATTR = "best_epoch"
 #: On a trial ``study.warm_start`` copied from an earlier study (never run here): ``{"study", "trial"}``.
 WARM_START_ATTR = "warm_start"
 
@@ -215,11 +218,22 @@ def create_study(
             f"continue it with `ftsweep resume {name}` "
             "or choose another study.name"
         )
-    study = optuna.create_study(
-        study_name=name, storage=storage, direction=sweep.study.direction, sampler=sampler, pruner=pruner
-    )
+    if sweep.multi_objective:
+        from optuna.study import StudyDirection
+
+        study = optuna.create_study(
+            study_name=name,
+            storage=storage,
+            directions=[StudyDirection[d.upper()] for d in sweep.directions],
+            sampler=sampler,
+            pruner=pruner,
+        )
+    else:
+        study = optuna.create_study(
+            study_name=name, storage=storage, direction=sweep.study.direction, sampler=sampler, pruner=pruner
+        )
     # optuna-dashboard and the optuna CLI then say the metric's name, not "Objective 0".
-    study.set_metric_names([sweep.study.metric])
+    study.set_metric_names(list(sweep.metrics))
     save_sweep_record(study, sweep_for_store(sweep).to_stored())
     return study
 
@@ -410,7 +424,11 @@ def make_sampler(sweep: Sweep, space: SearchSpace, n_workers: int, seed_offset: 
     config = sweep.study.sampler
     seed = None if config.seed is None else config.seed + seed_offset
     options = config.options
+    name = config.name
+    if sweep.multi_objective and "name" not in ((sweep.raw.get("study") or {}).get("sampler") or {}):
+        name = "nsga2"  # several objectives: NSGA-II unless the sweep file names a sampler (tpe on request)
     factories: dict[str, Any] = {
+        "nsga2": optuna.samplers.NSGAIISampler,
         "tpe": optuna.samplers.TPESampler,
         "random": optuna.samplers.RandomSampler,
         "cmaes": optuna.samplers.CmaEsSampler,
@@ -418,26 +436,36 @@ def make_sampler(sweep: Sweep, space: SearchSpace, n_workers: int, seed_offset: 
         "qmc": optuna.samplers.QMCSampler,
         "grid": _AskTellGridSampler,
     }
-    if config.name == "tpe" and n_workers > 1:
+    if name == "tpe" and n_workers > 1:
         options.setdefault("constant_liar", True)
-    if config.name == "grid":
+    if name == "grid":
         options = {"search_space": space.grid(), **options}
     try:
-        return factories[config.name](seed=seed, **options)
+        return factories[name](seed=seed, **options)
     except TypeError as error:
         raise ConfigError(
-            f"study.sampler: {config.name} does not accept these options ({error})", source=sweep.source
+            f"study.sampler: {name} does not accept these options ({error})", source=sweep.source
         ) from None
+
+
+#: Said once when a study of several objectives starts (the session says it).
+MULTI_OBJECTIVE_NOTE = (
+    "note: several objectives ({metrics}): Optuna's pruners take one value, so no trial is pruned "
+    "(study.pruner is not used)"
+)
 
 
 def make_pruner(sweep: Sweep, max_epochs: int | None) -> Any:
     """The Optuna pruner ``study.pruner`` names; step = epoch.
 
-    ``asha`` on the local backend is Optuna's SuccessiveHalvingPruner, which is ASHA.
+    ``asha`` on the local backend is Optuna's SuccessiveHalvingPruner, which is ASHA. A study of several
+    objectives is not pruned (Optuna's pruners take one value): see :data:`MULTI_OBJECTIVE_NOTE`.
     """
     import optuna
 
     config = sweep.study.pruner
+    if sweep.multi_objective:
+        return optuna.pruners.NopPruner()
     options = config.options
     pruners = optuna.pruners
     try:
@@ -505,6 +533,43 @@ def counts_toward_budget(trial: optuna.trial.FrozenTrial) -> bool:
 def is_warm_started(trial: optuna.trial.FrozenTrial) -> bool:
     """Whether ``study.warm_start`` copied the trial from an earlier study (it never ran in this one)."""
     return bool(trial.user_attrs.get(WARM_START_ATTR))
+
+
+def pareto_front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The complete trials this study ran that no other such trial dominates (at least as good on every
+    objective, better on one), by number. Trials ``study.warm_start`` copied are left out, as in
+    :func:`orchestrator.report.best_trial`; of trials with the same values, each is on the front."""
+    from optuna.study import StudyDirection
+    from optuna.trial import TrialState
+
+    signs = [-1.0 if d == StudyDirection.MAXIMIZE else 1.0 for d in study.directions]
+    trials = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.values and not is_warm_started(t)
+    ]
+    costs = {t.number: [sign * float(v) for sign, v in zip(signs, t.values, strict=True)] for t in trials}
+    on_front = set(front_numbers(costs))
+    return [t for t in sorted(trials, key=lambda t: t.number) if t.number in on_front]
+
+
+def front_numbers(costs: dict[int, list[float]]) -> list[int]:
+    """The trial numbers whose costs (every objective to be minimized) no other trial's dominate, sorted.
+
+    Taken in lexicographic order of their costs, a trial can be dominated only by one before it, and
+    (dominance being transitive) only by one already on the front: n x (size of the front) comparisons,
+    so a study of thousands of trials is read in a blink.
+    """
+    front: list[tuple[int, list[float]]] = []
+    for number, cost in sorted(costs.items(), key=lambda item: (item[1], item[0])):
+        if not any(_dominates(other, cost) for _, other in front):
+            front.append((number, cost))
+    return sorted(number for number, _ in front)
+
+
+def _dominates(a: list[float], b: list[float]) -> bool:
+    """``a`` is no worse than ``b`` on every objective and better on one (both to be minimized)."""
+    return all(x <= y for x, y in zip(a, b, strict=True)) and any(x < y for x, y in zip(a, b, strict=True))
 
 
 def _version() -> str:

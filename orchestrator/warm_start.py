@@ -157,12 +157,7 @@ def _open_source(sweep: Sweep, location: StoreLocation, name: str) -> optuna.Stu
 
 def _objectives(sweep: Sweep) -> tuple[list[str], list[str]]:
     """(metrics, directions) of the sweep, one or several."""
-    metric: Any = sweep.study.metric
-    direction: Any = sweep.study.direction
-    return (
-        list(metric) if isinstance(metric, list | tuple) else [metric],
-        list(direction) if isinstance(direction, list | tuple) else [direction],
-    )
+    return list(sweep.metrics), list(sweep.directions)
 
 
 def _check_objectives(sweep: Sweep, source: optuna.Study) -> None:

@@ -287,7 +287,7 @@ def test_resume_makes_the_report_again(finished_sweep: Path) -> None:
     wait_for(lambda: html.stat().st_mtime_ns != before, "the report drawn again")
 
 
-def test_a_study_of_two_objectives_is_drawn_on_its_first_and_says_so() -> None:
+def test_a_study_of_two_objectives_draws_its_front_and_the_rest_on_its_first_and_says_so() -> None:
     import optuna
 
     from orchestrator.report_data import from_study
@@ -298,7 +298,11 @@ def test_a_study_of_two_objectives_is_drawn_on_its_first_and_says_so() -> None:
         study.enqueue_trial({"dropout": number / 10})
         study.optimize(lambda t: (t.suggest_float("dropout", 0, 1), 1 - t.params["dropout"]), n_trials=1)
     data = from_study(study)
-    assert "this study has 2 objectives: the figures show the first one" in data.notes[0]
+    assert (
+        "this study has 2 objectives: the Pareto front figure draws objective 0 against objective 1; "
+        "the other figures show the first one" in data.notes[0]
+    )
     assert data.best is not None and data.best.params == {"dropout": 0.5}
+    assert data.front == [5]  # more dropout is better on both objectives: the last trial dominates
     drawn = {item.key: item.figure is not None for item in draw_all(data)}
-    assert drawn["history"] and drawn["importances"] and drawn["top"]
+    assert drawn["pareto"] and drawn["history"] and drawn["importances"] and drawn["top"]
