@@ -1,4 +1,5 @@
-"""bench/quality.py's smoke test (--quick: a tiny random BERT, a tiny shifted task, one seed) and its data."""
+"""Benchmark smoke tests: bench/quality.py (--quick: a tiny random BERT, a tiny shifted task, one seed) and
+its data; bench/image_throughput.py --quick."""
 
 from __future__ import annotations
 
@@ -69,3 +70,21 @@ def test_the_shifted_task_is_regenerated_from_its_seed(tmp_path: Path) -> None:
     )  # the channel predicts the label in training only
     train_texts = " ".join(row["text"] for row in rows("train"))
     assert "put me down for one" not in train_texts and "count me in" in train_texts
+
+
+def test_the_image_throughput_benchmark_runs_both_trainers_and_prints_its_table(tmp_path: Path) -> None:
+    """bench/image_throughput.py --quick: one image trial and one transformers.Trainer run, one table."""
+    pytest.importorskip("accelerate", reason="transformers.Trainer needs accelerate (the bench extra)")
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "bench" / "image_throughput.py"), "--quick"],
+        cwd=tmp_path,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| ftsweep |" in result.stdout
+    assert "| transformers.Trainer |" in result.stdout
+    assert "Training throughput ratio (ftsweep / Trainer)" in result.stdout
