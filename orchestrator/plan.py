@@ -107,11 +107,6 @@ def plan_sweep(sweep: Sweep, check_data: bool = True) -> SweepPlan:
                 f"study.metric: {metric!r} is not a metric the trainer {trainer_cls.name!r} reports; "
                 f"allowed: {', '.join(reported)}"
             )
-    if sweep.multi_objective and sweep.execution.backend == "ray":
-        problems.append(
-            "execution.backend: ray does not run a study of several objectives (study.metric is a list) "
-            "yet; use execution.backend: local, or one metric"
-        )
     if problems:
         raise ConfigError(problems, source=sweep.source)
     plan = SweepPlan(sweep, trainer_cls, trainer, space, fixed)

@@ -147,13 +147,21 @@ def test_a_bad_list_stops_planning_with_one_line(tmp_path: Path, study: dict, ex
     assert not (tmp_path / "ftsweep.db").exists()
 
 
-def test_ray_refuses_several_objectives_while_planning(tmp_path: Path) -> None:
-    sweep = two_objective_sweep()
-    sweep["execution"] = {"backend": "ray", "workers": 1}
+@pytest.mark.slow
+def test_ray_runs_several_objectives_without_asha(tmp_path: Path) -> None:
+    sweep = two_objective_sweep(n_trials=3, pruner={"name": "asha"})
+    sweep["execution"] = {
+        "backend": "ray",
+        "gpus_per_trial": 0,
+        "cpus_per_trial": 1,
+        "max_concurrent_trials": 2,
+    }
     write_sweep(tmp_path, sweep)
-    result = run_cli(["run", "sweep.yaml"], cwd=tmp_path)
-    assert result.returncode == 2
-    assert "execution.backend: ray does not run a study of several objectives" in result.stderr
+    result = run_cli(["run", "sweep.yaml"], cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert (result.stdout + result.stderr).count(PRUNING_NOTE) == 1
+    complete = [t for t in load(tmp_path).trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 3 and all(len(t.values) == 2 for t in complete)
 
 
 def test_the_report_draws_the_front(finished) -> None:

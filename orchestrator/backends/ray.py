@@ -303,9 +303,9 @@ class RayBackend(BaseBackend):
                 "log_dir": str(self.work_dir / "logs"),
             }
             searcher = StudySearcher.build(bridge, job_template)
-            scheduler = StudyScheduler.build(
-                bridge, _asha(session) if sweep.study.pruner.name == "asha" else None
-            )
+            # Several objectives: no ASHA either (it ranks one value); the session records and never prunes.
+            asha = sweep.study.pruner.name == "asha" and not sweep.multi_objective
+            scheduler = StudyScheduler.build(bridge, _asha(session) if asha else None)
             tuner = tune.Tuner(
                 tune.with_resources(ray_trainable, {"cpu": cpus, "gpu": gpus}),
                 tune_config=tune.TuneConfig(
