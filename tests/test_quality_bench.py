@@ -74,7 +74,6 @@ def test_the_shifted_task_is_regenerated_from_its_seed(tmp_path: Path) -> None:
 
 def test_the_image_throughput_benchmark_runs_both_trainers_and_prints_its_table(tmp_path: Path) -> None:
     """bench/image_throughput.py --quick: one image trial and one transformers.Trainer run, one table."""
-    pytest.importorskip("accelerate", reason="transformers.Trainer needs accelerate (the bench extra)")
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "bench" / "image_throughput.py"), "--quick"],
         cwd=tmp_path,
