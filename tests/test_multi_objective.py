@@ -100,6 +100,14 @@ def test_best_prints_the_pareto_front(finished) -> None:
     assert as_yaml.returncode == 0 and f"trial {front[0]}:" in as_yaml.stdout
 
 
+def test_best_as_sweep_asks_for_a_trial_of_the_front(finished, tmp_path: Path) -> None:
+    folder, _ = finished
+    result = run_cli(["best", STUDY, "--as-sweep", str(tmp_path / "best.yaml")], cwd=folder)
+    assert result.returncode == 2
+    assert "has several objectives and no one best trial; its Pareto front is trials" in result.stderr
+    assert not (tmp_path / "best.yaml").exists()
+
+
 def test_status_marks_the_pareto_front(finished) -> None:
     from orchestrator.report import pareto_front
 
