@@ -30,7 +30,7 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
     complete = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if t.value is not None and not is_warm_started(t)
+        if t.values and t.values[0] is not None and not is_warm_started(t)
     ]
     if not complete:
         return None

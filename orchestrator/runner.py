@@ -271,8 +271,9 @@ def make_backend(sweep: Sweep, slots: list[Slot], work_dir: Path) -> BaseBackend
 def _study_params(plan: SweepPlan, budget: int, slots: list[Slot]) -> dict[str, Any]:
     sweep = plan.sweep
     params: dict[str, Any] = {
-        "metric": sweep.study.metric,
-        "direction": sweep.study.direction,
+        # Every objective, comma-separated, for a study of several ("val_f1, generalization_gap").
+        "metric": ", ".join(sweep.metrics) if sweep.multi_objective else sweep.study.metric,
+        "direction": ", ".join(sweep.directions) if sweep.multi_objective else sweep.study.direction,
         "sampler": sweep.study.sampler.name,
         "sampler_seed": sweep.study.sampler.seed,
         "pruner": sweep.study.pruner.name,

@@ -209,3 +209,22 @@ def test_a_warm_start_from_a_study_of_the_same_objectives_brings_both_values(fin
     earlier = {tuple(t.values) for t in load(folder).trials}
     warm = [t for t in again.trials if t.user_attrs.get("warm_start")]
     assert len(warm) == 6 and {tuple(t.values) for t in warm} == earlier
+
+
+def test_the_mlflow_parent_run_names_every_objective(tmp_path: Path) -> None:
+    from conftest import mlflow_runs
+
+    sweep = two_objective_sweep(n_trials=2)
+    sweep["tracking"] = {"enabled": True}
+    write_sweep(tmp_path, sweep)
+    result = run_cli(["run", "sweep.yaml"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (parent,), children, _ = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", STUDY)
+    assert parent.data.params["metric"] == "val_f1, generalization_gap"
+    assert parent.data.params["direction"] == "maximize, minimize"
+    assert len(children) == 2
+    # The report reads the same MLflow runs and logs itself to the parent run.
+    report = run_cli(["report", STUDY], cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    (parent,), _, client = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", STUDY)
+    assert "report/report.html" in [item.path for item in client.list_artifacts(parent.info.run_id, "report")]
