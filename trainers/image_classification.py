@@ -8,6 +8,11 @@ trains (:mod:`trainers.image_trial`). The model is found as the text recipe find
 ``AutoModelForImageClassification`` and ``AutoImageProcessor``; its head is rebuilt for the
 training classes. ``freeze_depth`` counts the model's stages (ViT / DeiT: encoder layers; Swin,
 ConvNeXt, ResNet: stages), found by :func:`trainers.regularization.find_blocks`.
+
+With ``trainer.task: regression`` the label column of a table holds a number and the trial is
+:class:`trainers.image_regression.ImageRegressionTrial` (one output, the standardized label,
+``trainer.loss``, rmse / mae / r2); the study metric defaults to ``val_rmse``, minimized, and the
+search space to ``image-regression`` (no label smoothing, class weights, mixup or cutmix).
 """
 
 from __future__ import annotations
@@ -18,7 +23,12 @@ from typing import Any, Literal
 
 from ftsweep_common.errors import ModelError
 from trainers.base import BaseTrainer, FinalFitRequest, Predictor, TrialContext
-from trainers.image_settings import IMAGE_METRIC_NAMES, ImageClassificationParams, ImageClassificationSettings
+from trainers.image_settings import (
+    IMAGE_METRIC_NAMES,
+    IMAGE_REGRESSION_METRIC_NAMES,
+    ImageClassificationParams,
+    ImageClassificationSettings,
+)
 from trainers.text_model import load_config, require_weights, require_whole_weights, resolve_model
 
 
@@ -88,7 +98,7 @@ class ImageClassificationTrainer(BaseTrainer):
         from trainers.image_data import load_image_splits
         from trainers.image_geometry import load_image_geometry
 
-        data = load_image_splits(self.settings.data, self.base_dir)
+        data = load_image_splits(self.settings.data, self.base_dir, task=self.settings.task)
         self._n_train = len(data.train)
         config = self.model_config()
         _require_image_classifier(self.settings.model, config)
@@ -98,8 +108,18 @@ class ImageClassificationTrainer(BaseTrainer):
 
     def check_params(self, params: Mapping[str, Any]) -> dict[str, str]:
         """``freeze_depth`` within the model's stages; ``drop_path`` only for a model that has it;
-        the augmentations' own rules (one automatic policy)."""
+        the augmentations' own rules (one automatic policy); a regression task takes no class
+        weights, label smoothing, mixup or cutmix."""
         problems: dict[str, str] = {}
+        if self.settings.task == "regression":
+            problems.update(
+                {
+                    key: f"{params[key]!r} has no meaning for trainer.task regression ({why}); allowed: "
+                    f"{allowed} (remove it from the search space or the sweep's params)"
+                    for key, allowed, why in _NOT_FOR_REGRESSION
+                    if key in params and params[key] not in ("none", 0, 0.0)
+                }
+            )
         config = self.model_config()
         depth = params.get("freeze_depth")
         stages = stage_count(config)
@@ -152,8 +172,24 @@ class ImageClassificationTrainer(BaseTrainer):
 
     @classmethod
     def direction_of(cls, metric: str) -> Literal["maximize", "minimize"]:
-        """Losses and the generalization gap shrink as the model gets better; accuracy and F1 grow."""
-        return "minimize" if metric.endswith("loss") or metric == "generalization_gap" else "maximize"
+        """Losses, errors (rmse, mae) and the generalization gap shrink as the model gets better;
+        accuracy, F1 and r2 grow."""
+        shrinks = metric.endswith(("loss", "_rmse", "_mae")) or metric == "generalization_gap"
+        return "minimize" if shrinks else "maximize"
+
+    @classmethod
+    def default_metric_for(cls, trainer: Mapping[str, Any]) -> str | None:
+        """``val_rmse`` for ``task: regression``, else ``val_f1``."""
+        return "val_rmse" if trainer.get("task") == "regression" else cls.default_metric
+
+    @classmethod
+    def default_search_space_for(cls, trainer: Mapping[str, Any]) -> str | None:
+        """``image-regression`` for ``task: regression``, else ``image-regularization``."""
+        return "image-regression" if trainer.get("task") == "regression" else cls.default_search_space
+
+    def reported_metrics(self) -> tuple[str, ...]:
+        """Loss, accuracy and F1; loss, rmse, mae and r2 for ``task: regression``."""
+        return IMAGE_REGRESSION_METRIC_NAMES if self.settings.task == "regression" else self.metric_names
 
     def max_epochs(self, params: Mapping[str, Any]) -> int | None:
         epochs = super().max_epochs(params)
@@ -174,6 +210,10 @@ class ImageClassificationTrainer(BaseTrainer):
         from trainers.image_trial import ImageClassificationTrial
 
         params = self.Params(**ctx.params)
+        if self.settings.task == "regression":
+            from trainers.image_regression import ImageRegressionTrial
+
+            return ImageRegressionTrial(self, ctx, params).run()
         return ImageClassificationTrial(self, ctx, params).run()
 
     def final_fit(self, ctx: TrialContext, request: FinalFitRequest) -> dict[str, float]:
@@ -188,6 +228,16 @@ class ImageClassificationTrainer(BaseTrainer):
         from trainers.image_final_fit import ImagePredictor
 
         return ImagePredictor.load(model_dir, device)
+
+
+_NO_MIXED_TARGETS = "mixed images would need mixed numeric targets, which this trainer does not train"
+#: Parameters a regression task refuses: (key, the value that means off, why).
+_NOT_FOR_REGRESSION = (
+    ("class_weights", "none", "a numeric label has no classes"),
+    ("label_smoothing", "0", "a numeric label has no classes"),
+    ("mixup_alpha", "0", _NO_MIXED_TARGETS),
+    ("cutmix_alpha", "0", _NO_MIXED_TARGETS),
+)
 
 
 def _require_image_classifier(value: str, config: Any) -> None:

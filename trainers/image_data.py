@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -108,10 +108,15 @@ class ImageSplit:
         index = {label: position for position, label in enumerate(labels)}
         return [index[label] for label in self.labels]
 
+    def values(self) -> list[float]:
+        """The labels as numbers (``trainer.task: regression``; read with their check)."""
+        return [float(label) for label in self.labels]
+
 
 @dataclass
 class LabelledImages:
-    """The splits of one trial and the classes (the training labels, sorted; a class's id is its position)."""
+    """The splits of one trial and the classes (the training labels, sorted; a class's id is its position;
+    empty for ``trainer.task: regression``, whose labels are numbers)."""
 
     train: ImageSplit
     validation: ImageSplit
@@ -161,11 +166,14 @@ def read_image_folder(folder: Path, key: str) -> ImageSplit:
     return ImageSplit(paths, labels, str(folder))
 
 
-def read_image_table(path: Path, path_column: str, label_column: str, key: str) -> ImageSplit:
+def read_image_table(
+    path: Path, path_column: str, label_column: str, key: str, labels_are_numbers: bool = False
+) -> ImageSplit:
     """The images listed in a ``.csv`` / ``.jsonl`` / ``.parquet`` table (paths relative to its folder).
 
     Raises:
         DataError: for an unreadable or empty table, a missing column, empty paths or labels,
+            a label that is not a finite number when ``labels_are_numbers`` (naming its row),
             and listed images that do not exist (their count and the first few).
     """
     from trainers.data_files import read_table
@@ -178,6 +186,7 @@ def read_image_table(path: Path, path_column: str, label_column: str, key: str) 
         key=key,
         text_setting="trainer.data.path_column",
         text_what="image path",
+        labels_are_numbers=labels_are_numbers,
     )
     values = [value.strip() for value in values]
     paths = [_resolve(value, path.parent) for value in values]
@@ -190,13 +199,21 @@ def read_image_table(path: Path, path_column: str, label_column: str, key: str) 
     return ImageSplit(paths, labels, str(path))
 
 
-def read_image_split(value: str, key: str, settings: ImageDataSettings, base_dir: Path) -> ImageSplit:
-    """Read the split that ``value`` (an image folder or a table, relative to ``base_dir``) names."""
+def read_image_split(
+    value: str, key: str, settings: ImageDataSettings, base_dir: Path, labels_are_numbers: bool = False
+) -> ImageSplit:
+    """Read the split that ``value`` (an image folder or a table, relative to ``base_dir``) names;
+    ``labels_are_numbers`` (regression) takes a table only, each label a finite number."""
     from trainers.data import resolve_path
 
     path = resolve_path(value, base_dir)
     if not path.exists():
         raise DataError(f"{key}: {path} does not exist")
+    if path.is_dir() and labels_are_numbers:
+        raise DataError(
+            f"{key}: {path} is an image folder, whose labels are class names; trainer.task regression needs "
+            f"a {', '.join(TABLE_EXTENSIONS)} table of path,label with a number in the label column"
+        )
     if path.is_dir():
         return read_image_folder(path, key)
     if path.suffix.lower() not in TABLE_EXTENSIONS:
@@ -204,7 +221,7 @@ def read_image_split(value: str, key: str, settings: ImageDataSettings, base_dir
             f"{key}: {path} is neither an image folder nor a table; allowed: a folder with one subfolder "
             f"per class, or a {', '.join(TABLE_EXTENSIONS)} file of path,label"
         )
-    return read_image_table(path, settings.path_column, settings.label_column, key)
+    return read_image_table(path, settings.path_column, settings.label_column, key, labels_are_numbers)
 
 
 def check_images_readable(split: ImageSplit, key: str) -> None:
@@ -228,6 +245,7 @@ def load_image_splits(
     *,
     include_test: bool = True,
     check_images: bool = True,
+    task: Literal["classification", "regression"] = "classification",
 ) -> LabelledImages:
     """Read the splits ``settings`` names and check that they can train a classifier.
 
@@ -237,12 +255,17 @@ def load_image_splits(
         seed: seed of the validation split and the subsample; None uses ``settings.split_seed``.
         include_test: read the test split too (trials pass False: only ``ftsweep final`` tests).
         check_images: open every image's header (:func:`check_images_readable`).
+        task: ``regression`` reads tables whose labels are numbers (:func:`load_image_regression_splits`).
 
     Raises:
         DataError: for any problem with a split, a single training class, a validation / test
             label the training images lack, or a validation fraction that leaves nothing.
     """
     seed = settings.split_seed if seed is None else seed
+    if task == "regression":
+        return load_image_regression_splits(
+            settings, base_dir, seed, include_test=include_test, check_images=check_images
+        )
     train = read_image_split(settings.train, "trainer.data.train", settings, base_dir)
     labels = sorted(set(train.labels))
     if len(labels) < 2:
@@ -265,6 +288,40 @@ def load_image_splits(
     if settings.max_train_samples is not None and settings.max_train_samples < len(train):
         train = _stratified_sample(train, settings.max_train_samples, seed)
     return LabelledImages(train, validation, splits.get("trainer.data.test"), labels)
+
+
+def load_image_regression_splits(
+    settings: ImageDataSettings,
+    base_dir: Path,
+    seed: int,
+    *,
+    include_test: bool = True,
+    check_images: bool = True,
+) -> LabelledImages:
+    """The splits of ``trainer.task: regression``: tables only, every label a finite number, a plain
+    seeded random validation split and subsample (no classes to stratify by); ``labels`` is empty.
+
+    Raises:
+        DataError: for an image folder, any table problem, a label that is not a finite number
+            (naming its row), missing or unreadable images.
+    """
+    from trainers.splits import random_sample, random_split_off_validation
+
+    def read(value: str, key: str) -> ImageSplit:
+        split = read_image_split(value, key, settings, base_dir, labels_are_numbers=True)
+        if check_images:
+            check_images_readable(split, key)
+        return split
+
+    train = read(settings.train, "trainer.data.train")
+    validation = read(settings.validation, "trainer.data.validation") if settings.validation else None
+    test = read(settings.test, "trainer.data.test") if settings.test and include_test else None
+    if validation is None:
+        kept, held = random_split_off_validation(_as_rows(train), settings.validation_fraction, seed)
+        train, validation = _from_rows(kept), _from_rows(held)
+    if settings.max_train_samples is not None and settings.max_train_samples < len(train):
+        train = _from_rows(random_sample(_as_rows(train), settings.max_train_samples, seed))
+    return LabelledImages(train, validation, test, [])
 
 
 def _split_off_validation(train: ImageSplit, fraction: float, seed: int) -> tuple[ImageSplit, ImageSplit]:
@@ -357,7 +414,7 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class ImageDataset:
-    """A map-style torch Dataset of ``(image tensor, label id)``; images are decoded when fetched.
+    """A map-style torch Dataset of ``(image tensor, target)``; images are decoded when fetched.
 
     The key is an index (validation: the transform gets a generator seeded by the index) or an
     ``(index, epoch)`` pair from :class:`EpochSampler` (training: seeded by trial seed, epoch and
@@ -365,22 +422,27 @@ class ImageDataset:
 
     Args:
         split: the images.
-        labels: the classes (a label's id is its position).
+        labels: the classes (the target is a label's id, its position); None for a regression
+            split, whose target is its label as a number.
         transform: ``(uint8 image, generator) -> tensor``, e.g.
             :class:`trainers.image_augment.TrainTransform`.
         seed: the trial's seed.
     """
 
-    def __init__(self, split: ImageSplit, labels: Sequence[str], transform: Transform, seed: int = 0) -> None:
+    def __init__(
+        self, split: ImageSplit, labels: Sequence[str] | None, transform: Transform, seed: int = 0
+    ) -> None:
         self.paths = list(split.paths)
-        self.label_ids = split.label_ids(labels)
+        #: Each image's target: its class id, or its number (regression).
+        targets = split.values() if labels is None else split.label_ids(labels)
+        self.label_ids: list[int] | list[float] = targets
         self.transform = transform
         self.seed = int(seed)
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int | float]:
         import torch
 
         index, epoch = (key, -1) if isinstance(key, int) else key

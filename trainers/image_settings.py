@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from trainers.base import StrictModel
 from trainers.image_augment import ImageAugmentationParams
 from trainers.image_data import ImageDataSettings
+from trainers.regression_target import regression_metric_names
 from trainers.training_params import TrainingParams
 
 #: What an image-classification trial reports after each epoch, in this order (as the text recipe).
@@ -26,6 +27,9 @@ IMAGE_METRIC_NAMES = (
     "val_f1",
     "generalization_gap",
 )
+
+#: What an image-regression trial (``task: regression``) reports after each epoch, in this order.
+IMAGE_REGRESSION_METRIC_NAMES = regression_metric_names()
 
 
 class ImageClassificationSettings(StrictModel):
@@ -40,6 +44,21 @@ class ImageClassificationSettings(StrictModel):
         ),
     )
     data: ImageDataSettings = Field(description="The labelled images: folders or tables of path,label.")
+    task: Literal["classification", "regression"] = Field(
+        "classification",
+        description=(
+            "classification: the label is a class; regression: a table's label column holds a number, the "
+            "model has one output trained on the standardized label, and each epoch reports rmse, mae and r2 "
+            "in the label's own units (the study metric defaults to val_rmse, minimized)."
+        ),
+    )
+    loss: Literal["mse", "huber", "l1"] = Field(
+        "mse",
+        description=(
+            "The training loss of task regression, on the standardized label (huber: delta 1 standard "
+            "deviation); classification always trains cross-entropy."
+        ),
+    )
     epochs: int = Field(3, ge=1, description="Epochs per trial (the parameter 'epochs').")
     batch_size: int = Field(32, ge=1, description="Training batch size (the parameter 'batch_size').")
     eval_batch_size: int | None = Field(
@@ -84,6 +103,15 @@ class ImageClassificationSettings(StrictModel):
             "this many megabytes; beyond it they are decoded every epoch."
         ),
     )
+
+    @model_validator(mode="after")
+    def _loss_is_for_regression(self) -> ImageClassificationSettings:
+        if "loss" in self.model_fields_set and self.task != "regression":
+            raise ValueError(
+                f"loss {self.loss!r} applies to task regression; classification always trains cross-entropy: "
+                "remove trainer.loss or set trainer.task: regression"
+            )
+        return self
 
 
 class ImageClassificationParams(TrainingParams, ImageAugmentationParams):

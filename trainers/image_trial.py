@@ -80,16 +80,19 @@ class ImageClassificationTrial:
         params: the validated parameters.
     """
 
+    metric_names: tuple[str, ...] = IMAGE_METRIC_NAMES
+    default_metric = "val_f1"
+
     def __init__(self, trainer: ImageRecipe, ctx: TrialContext, params: ImageClassificationParams) -> None:
         self.trainer = trainer
         self.settings = trainer.settings
         self.ctx = ctx
         self.params = params
-        self.metric = ctx.metric or "val_f1"
-        if self.metric not in IMAGE_METRIC_NAMES:
+        self.metric = ctx.metric or self.default_metric
+        if self.metric not in self.metric_names:
             raise ValueError(
                 f"study metric {self.metric!r} is not one this trainer reports; "
-                f"allowed: {', '.join(IMAGE_METRIC_NAMES)}"
+                f"allowed: {', '.join(self.metric_names)}"
             )
         self._loader: Any = None
         self.features: FrozenImageFeatures | None = None
@@ -129,7 +132,11 @@ class ImageClassificationTrial:
     def _load_data(self) -> LabelledImages:
         """The splits this run trains and scores on: a trial never reads the test split."""
         return load_image_splits(
-            self.settings.data, self.trainer.base_dir, include_test=False, check_images=False
+            self.settings.data,
+            self.trainer.base_dir,
+            include_test=False,
+            check_images=False,
+            task=self.settings.task,
         )
 
     def _setup_data(self) -> None:
@@ -143,18 +150,30 @@ class ImageClassificationTrial:
         self.labels = data.labels
         self.geometry = load_image_geometry(self.trainer.model_path)
         self.train_transform, self.eval_transform = build_transforms(self.params, self.geometry)
-        self.train_set = ImageDataset(data.train, self.labels, self.train_transform, self.params.seed)
-        self.validation_set = ImageDataset(
-            data.validation, self.labels, self.eval_transform, self.params.seed
-        )
+        classes = self._dataset_classes()
+        self.train_set = ImageDataset(data.train, classes, self.train_transform, self.params.seed)
+        self.validation_set = ImageDataset(data.validation, classes, self.eval_transform, self.params.seed)
         self.n_train = len(self.train_set)
-        self.train_labels = torch.tensor(self.train_set.label_ids, dtype=torch.long)
-        self.validation_labels = torch.tensor(self.validation_set.label_ids, dtype=torch.long)
+        target_type = torch.long if classes is not None else torch.float64
+        self.train_labels = torch.tensor(self.train_set.label_ids, dtype=target_type)
+        self.validation_labels = torch.tensor(self.validation_set.label_ids, dtype=target_type)
         weights = class_weights(self.train_labels.tolist(), len(self.labels), self.params.class_weights)
         self.class_weights_cpu = weights
         self.class_weights = weights.to(self.device) if weights is not None else None
         self.eval_size = self.settings.eval_batch_size or 2 * self.params.batch_size
         self.validation = self._eval_batches(self.validation_set)
+
+    def _dataset_classes(self) -> list[str] | None:
+        """The classes a dataset's targets index (None: the targets are numbers, for regression)."""
+        return self.labels
+
+    def _head_config(self) -> dict[str, Any]:
+        """What the model's config is loaded with: a head over the training classes."""
+        return {
+            "num_labels": len(self.labels),
+            "id2label": dict(enumerate(self.labels)),
+            "label2id": {label: index for index, label in enumerate(self.labels)},
+        }
 
     def _loader_for(self, dataset: ImageDataset, batch_size: int, shuffle: bool, epoch: int = 0) -> Any:
         """A DataLoader over ``dataset`` keyed by :class:`trainers.image_data.EpochSampler`."""
@@ -196,13 +215,7 @@ class ImageClassificationTrial:
 
         params = self.params
         path = self.trainer.model_path
-        config = AutoConfig.from_pretrained(
-            path,
-            num_labels=len(self.labels),
-            id2label=dict(enumerate(self.labels)),
-            label2id={label: index for index, label in enumerate(self.labels)},
-            **hub_options(),
-        )
+        config = AutoConfig.from_pretrained(path, **self._head_config(), **hub_options())
         set_config_dropout(config, hidden=params.dropout, attention=params.dropout, classifier=params.dropout)
         if params.drop_path is not None and hasattr(config, "drop_path_rate"):
             config.drop_path_rate = float(params.drop_path)
@@ -292,9 +305,7 @@ class ImageClassificationTrial:
         params = self.params
         mixer = BatchMixer(params.mixup_alpha, params.cutmix_alpha, len(self.labels))
         generator = torch.Generator().manual_seed(epoch_seed(params.seed, epoch))
-        n_classes = len(self.labels)
-        self._sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # plain CE, training objective
-        self._confusion = torch.zeros(n_classes * n_classes, dtype=torch.long, device=self.device)
+        self._reset_train_metrics()
         micro = params.micro_batch_size
         for images, labels in self._epoch_batches(epoch):
             targets: torch.Tensor | None = None
@@ -310,6 +321,14 @@ class ImageClassificationTrial:
                 )
                 for start in range(0, len(labels), micro)
             ]
+
+    def _reset_train_metrics(self) -> None:
+        """Zero the epoch's training sums: plain cross-entropy, the training objective, the confusion."""
+        import torch
+
+        n_classes = len(self.labels)
+        self._sums = torch.zeros(2, dtype=torch.float64, device=self.device)
+        self._confusion = torch.zeros(n_classes * n_classes, dtype=torch.long, device=self.device)
 
     def _epoch_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The epoch's ``(images, labels)`` batches; ``(states, labels)`` when training is served (the

@@ -12,10 +12,16 @@ Two layouts (the two an image trainer reads):
 * ``--layout table``: every image under ``OUT/images/`` and ``OUT/train.csv`` / ``validation.csv`` /
   ``test.csv`` with columns ``path,label`` (paths relative to the CSV).
 
-Deterministic for a seed: one ``random.Random(seed)`` draws train, then validation, then test.
+For regression (``trainer.task: regression``), ``--target size`` labels each image with a number
+instead of its shape: the shape's side as a fraction of the image's (0.33 to 0.67); it needs
+``--layout table`` (an image folder's labels are class names).
+
+Deterministic for a seed: one ``random.Random(seed)`` draws train, then validation, then test (the
+same images for either target).
 
 Usage: ``python examples/shapes/make_data.py [--out DIR] [--seed 0] [--size 32] [--n-train 60]
-[--n-validation 20] [--n-test 20] [--layout folder|table]`` (counts per class). Prints one line per split.
+[--n-validation 20] [--n-test 20] [--layout folder|table] [--target shape|size]`` (counts per class).
+Prints one line per split.
 """
 
 from __future__ import annotations
@@ -38,6 +44,11 @@ MIN_COLOUR_DISTANCE = 120.0  # between the shape's and the background's RGB colo
 
 def draw_shape(shape: str, size: int, rng: random.Random) -> Image:
     """One ``size`` x ``size`` RGB image of ``shape`` (one of :data:`CLASSES`)."""
+    return draw_shape_and_side(shape, size, rng)[0]
+
+
+def draw_shape_and_side(shape: str, size: int, rng: random.Random) -> tuple[Image, float]:
+    """:func:`draw_shape`'s image and the shape's side in pixels."""
     from PIL import Image as PILImage
     from PIL import ImageDraw
 
@@ -64,7 +75,7 @@ def draw_shape(shape: str, size: int, rng: random.Random) -> Image:
         draw.polygon(corners, fill=colour)
     else:
         raise ValueError(f"unknown shape {shape!r}; allowed: {', '.join(CLASSES)}")
-    return _add_noise(image, rng)
+    return _add_noise(image, rng), side
 
 
 def _colours(rng: random.Random) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
@@ -93,15 +104,22 @@ def make_shapes(
     size: int = 32,
     counts: dict[str, int] | None = None,
     layout: str = "folder",
+    target: str = "shape",
 ) -> dict[str, Path]:
     """Write the image set under ``out``; return each split's folder (``folder``) or CSV (``table``).
 
     Args:
         counts: images per class of each split; default train 60, validation 20, test 20.
         layout: ``folder`` or ``table``.
+        target: the label: ``shape`` (a class) or ``size`` (a number, the side over the image's side,
+            rounded to 4 decimals; ``table`` layout only).
     """
     if layout not in ("folder", "table"):
         raise ValueError(f"layout is {layout!r}; allowed: folder, table")
+    if target not in ("shape", "size"):
+        raise ValueError(f"target is {target!r}; allowed: shape, size")
+    if target == "size" and layout != "table":
+        raise ValueError("target size needs layout table: an image folder's labels are class names")
     counts = {"train": 60, "validation": 20, "test": 20} | dict(counts or {})
     rng = random.Random(seed)
     out = Path(out)
@@ -116,8 +134,9 @@ def make_shapes(
                     else Path("images") / f"{split}-{shape}-{number:04d}.png"
                 )
                 (out / relative).parent.mkdir(parents=True, exist_ok=True)
-                draw_shape(shape, size, rng).save(out / relative, format="PNG")
-                rows.append((relative.as_posix(), shape))
+                image, side = draw_shape_and_side(shape, size, rng)
+                image.save(out / relative, format="PNG")
+                rows.append((relative.as_posix(), shape if target == "shape" else f"{side / size:.4f}"))
         if layout == "folder":
             written[split] = out / split
         else:
@@ -139,9 +158,16 @@ def main() -> None:
     parser.add_argument("--n-validation", type=int, default=20, help="validation images per class")
     parser.add_argument("--n-test", type=int, default=20, help="test images per class")
     parser.add_argument("--layout", choices=("folder", "table"), default="folder")
+    parser.add_argument(
+        "--target", choices=("shape", "size"), default="shape", help="size: a numeric label (needs table)"
+    )
     args = parser.parse_args()
+    if args.target == "size" and args.layout != "table":
+        parser.error("--target size needs --layout table (an image folder's labels are class names)")
     counts = {"train": args.n_train, "validation": args.n_validation, "test": args.n_test}
-    written = make_shapes(args.out, seed=args.seed, size=args.size, counts=counts, layout=args.layout)
+    written = make_shapes(
+        args.out, seed=args.seed, size=args.size, counts=counts, layout=args.layout, target=args.target
+    )
     for split, path in written.items():
         print(f"{split}: {counts[split] * len(CLASSES)} images in {path}")
 
