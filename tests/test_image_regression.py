@@ -69,6 +69,7 @@ def test_the_size_labels_are_numbers_in_a_table(sizes: Path) -> None:
     assert len(rows) == 18 and all(1 / 3 - 1e-3 <= float(row["label"]) <= 2 / 3 + 1e-3 for row in rows)
 
 
+@pytest.mark.slow
 def test_a_regression_sweep_of_images_minimizes_val_rmse_in_the_default_space(
     tmp_path: Path, sizes: Path, resnet: Path
 ) -> None:
