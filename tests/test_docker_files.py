@@ -603,7 +603,7 @@ def makefile_torch() -> str:
 def test_constraints_pin_every_requirement_within_pyproject() -> None:
     """Every run-time requirement of pyproject.toml (with the images' extras) is pinned, to a version
     its specifier allows, and nothing is a range: the images install exactly these."""
-    tomllib = pytest.importorskip("tomllib")
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is Python 3.11+; CI runs 3.11")
     project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     pins = read_constraints()
     lines = list(project["dependencies"])
@@ -855,7 +855,7 @@ def test_the_image_installs_this_source_tree_at_the_constrained_versions(dockerf
     for pin in ('"torch==${TORCH_VERSION}"', '"ray==${RAY_VERSION}"', '"mlflow==${MLFLOW_VERSION}"'):
         assert pin in checks, f"{dockerfile.name}: the build does not check {pin} against the constraints"
     # Every package pyproject.toml installs is stubbed for the dependency layer and copied after it.
-    tomllib = pytest.importorskip("tomllib")
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is Python 3.11+; CI runs 3.11")
     setuptools = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
     patterns = setuptools["packages"]["find"]["include"]
     packages = sorted(
